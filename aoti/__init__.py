@@ -1,0 +1,25 @@
+"""Ahead-of-time compilation of a module inside a pipeline, in four stages.
+
+    with capture(pipe.transformer) as call:       # 1. record the transformer's call
+        pipe(prompt="...", num_inference_steps=1)
+    exported = export(pipe.transformer, call, dynamic={"hidden_states": {1: seq}})  # 2.
+    program = compile(exported)                    # 3. AOTInductor package, weights left out
+    apply(pipe.transformer, program)               # 4. bind the live weights, drop the eager copy
+
+`save`/`load` keep a program on disk; nothing here depends on ZeroGPU, and all of it runs on
+CPU and CUDA.
+"""
+
+from .apply import apply
+from .artifact import ArtifactError, load, save
+from .capture import CaptureError, CapturedCall, capture
+from .compile import compile
+from .dispatch import CompiledForward
+from .export import Exported, export
+from .program import CompiledProgram
+from .signature import Dim, Signature
+
+__all__ = [
+    "ArtifactError", "CaptureError", "CapturedCall", "CompiledForward", "CompiledProgram", "Dim",
+    "Exported", "Signature", "apply", "capture", "compile", "export", "load", "save",
+]

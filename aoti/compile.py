@@ -1,0 +1,40 @@
+"""Stage 3: AOTInductor compile of an exported program into a package without weights."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .export import Exported
+from .program import CompiledProgram
+
+# The package must not carry the weights: they stay in the live module and are bound by
+# pointer at load time (megabytes to ship instead of gigabytes, and no second copy).
+REQUIRED_INDUCTOR_CONFIGS = {
+    "aot_inductor.package_constants_in_so": False,
+    # Inductor would otherwise inline small 1-D constants into the library, out of reach of binding.
+    "always_keep_tensor_constants": True,
+}
+
+
+def compile(exported: Exported, inductor_configs: Mapping[str, Any] | None = None) -> CompiledProgram:
+    """Compile with AOTInductor; `inductor_configs` are torch._inductor.config options as data."""
+    configs = {**(inductor_configs or {}), **REQUIRED_INDUCTOR_CONFIGS}
+    graph = exported.program.graph_signature
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="aoti-") as tmp:
+        path = torch._inductor.aoti_compile_and_package(
+            exported.program, package_path=str(Path(tmp) / "program.pt2"), inductor_configs=configs
+        )
+        package = Path(path).read_bytes()
+    return CompiledProgram(
+        package=package,
+        signature=exported.signature,
+        weight_names=tuple(graph.parameters) + tuple(graph.buffers),
+        compile_seconds=time.perf_counter() - start,
+    )

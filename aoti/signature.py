@@ -1,0 +1,174 @@
+"""The call contract of a compiled program: which inputs it accepts, checked before every call.
+
+AOTInductor does not check its inputs: a shape outside the compiled range returns garbage or
+crashes the process, and a non-tensor argument is silently replaced by the value seen at export.
+A `Signature` records what the program was built for and turns any other call into a ValueError.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.utils._pytree as pytree
+
+from .capture import CapturedCall
+
+# The dynamic axes of a call: top-level argument (keyword name, or position) -> {axis: Dim}.
+DynamicAxes = Mapping[str | int, Mapping[int, "Dim"]]
+
+
+@dataclass(frozen=True)
+class Dim:
+    """A named dynamic dimension with an inclusive range; axes that share a name share a size."""
+
+    name: str
+    min: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 2 <= self.min <= self.max:
+            raise ValueError(f"Dim {self.name}: need 2 <= min <= max, got {self.min}..{self.max}")
+
+    def to_export(self) -> torch.export.Dim:
+        return torch.export.Dim(self.name, min=self.min, max=self.max)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    dtype: str
+    device_type: str
+    shape: tuple[int | str, ...]  # an int is a static size, a str the name of a Dim
+
+
+@dataclass(frozen=True)
+class Signature:
+    """Tree structure, tensor specs and frozen non-tensor values of the accepted calls."""
+
+    treespec: str
+    leaves: tuple[tuple[str, TensorSpec | Any], ...]  # (path, spec or frozen value)
+    dims: tuple[Dim, ...] = field(default=())
+
+    @classmethod
+    def from_call(cls, call: CapturedCall, dynamic: DynamicAxes | None = None) -> Signature:
+        dynamic = dynamic or {}
+        named = _top_level(call.args, call.kwargs or {})
+        unknown = set(dynamic) - set(named)
+        if unknown:
+            raise ValueError(f"dynamic axes name arguments the call does not have: {sorted(map(str, unknown))}")
+        dims: dict[str, Dim] = {}
+        leaves = []
+        flat, spec = pytree.tree_flatten_with_path((call.args, call.kwargs or {}))
+        for path, value in flat:
+            key = _keystr(path)
+            if not isinstance(value, torch.Tensor):
+                _check_json(key, value)
+                leaves.append((key, value))
+                continue
+            axes = dynamic.get(_top_key(path), {})
+            shape: list[int | str] = list(value.shape)
+            for axis, dim in axes.items():
+                if dims.setdefault(dim.name, dim) != dim:
+                    raise ValueError(f"two different Dims are named {dim.name!r}")
+                if not dim.min <= value.shape[axis] <= dim.max:
+                    raise ValueError(f"{key} axis {axis} = {value.shape[axis]} is outside {dim}")
+                shape[axis] = dim.name
+            leaves.append((key, TensorSpec(str(value.dtype).removeprefix("torch."), value.device.type, tuple(shape))))
+        for name, axes in dynamic.items():
+            if not isinstance(named[name], torch.Tensor) and axes:
+                raise ValueError(f"dynamic axes given for {name!r}, which is not a tensor")
+        return cls(pytree.treespec_dumps(spec), tuple(leaves), tuple(dims.values()))
+
+    def check(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+        """Raise ValueError unless the program was compiled for exactly this kind of call."""
+        flat, spec = pytree.tree_flatten_with_path((args, dict(kwargs)))
+        if pytree.treespec_dumps(spec) != self.treespec:
+            expected = pytree.treespec_loads(self.treespec)
+            raise ValueError(f"the call's arguments do not match the compiled call: expected {expected}, got {spec}")
+        sizes: dict[str, tuple[int, str]] = {}
+        ranges = {dim.name: dim for dim in self.dims}
+        for (path, value), (key, expected) in zip(flat, self.leaves, strict=True):
+            if not isinstance(expected, TensorSpec):
+                if isinstance(value, torch.Tensor) or value != expected:
+                    raise ValueError(
+                        f"{key} = {value!r}, but the program was compiled with {key} = {expected!r} "
+                        "(non-tensor arguments are frozen at export)"
+                    )
+                continue
+            if not isinstance(value, torch.Tensor):
+                raise ValueError(f"{key} must be a tensor, got {type(value).__name__}")
+            dtype = str(value.dtype).removeprefix("torch.")
+            if dtype != expected.dtype or value.device.type != expected.device_type:
+                raise ValueError(
+                    f"{key} is {dtype} on {value.device.type}, the program expects {expected.dtype} on {expected.device_type}"
+                )
+            if value.dim() != len(expected.shape):
+                raise ValueError(f"{key} has shape {tuple(value.shape)}, the program expects {len(expected.shape)} dims")
+            for axis, (size, want) in enumerate(zip(value.shape, expected.shape)):
+                if isinstance(want, int):
+                    if size != want:
+                        raise ValueError(f"{key} has shape {tuple(value.shape)}, the program expects {expected.shape}")
+                    continue
+                dim = ranges[want]
+                if not dim.min <= size <= dim.max:
+                    raise ValueError(
+                        f"{key} axis {axis} = {size} is outside the compiled range {dim.min}..{dim.max} of {dim.name!r}"
+                    )
+                seen = sizes.setdefault(want, (size, key))
+                if seen[0] != size:
+                    raise ValueError(
+                        f"inconsistent {want!r}: {seen[1]} has {seen[0]}, {key} axis {axis} has {size}"
+                    )
+
+    def export_dynamic_shapes(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+        """The `dynamic_shapes` argument of torch.export for this call, mirroring its tree."""
+        export_dims = {dim.name: dim.to_export() for dim in self.dims}
+        specs = iter(spec for _, spec in self.leaves)
+
+        def leaf(value: Any) -> Any:
+            spec = next(specs)
+            if not isinstance(spec, TensorSpec):
+                return None
+            return {axis: export_dims[s] for axis, s in enumerate(spec.shape) if isinstance(s, str)} or None
+
+        return pytree.tree_map(leaf, (tuple(args), dict(kwargs)))
+
+    def to_json(self) -> str:
+        leaves = [
+            [key, {"tensor": [v.dtype, v.device_type, list(v.shape)]} if isinstance(v, TensorSpec) else {"value": v}]
+            for key, v in self.leaves
+        ]
+        dims = [[d.name, d.min, d.max] for d in self.dims]
+        return json.dumps({"treespec": self.treespec, "leaves": leaves, "dims": dims})
+
+    @classmethod
+    def from_json(cls, text: str) -> Signature:
+        data = json.loads(text)
+        leaves = tuple(
+            (key, TensorSpec(v["tensor"][0], v["tensor"][1], tuple(v["tensor"][2])) if "tensor" in v else v["value"])
+            for key, v in data["leaves"]
+        )
+        return cls(data["treespec"], leaves, tuple(Dim(*d) for d in data["dims"]))
+
+
+def _top_level(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str | int, Any]:
+    return {**dict(enumerate(args)), **kwargs}
+
+
+def _top_key(path: tuple[Any, ...]) -> str | int:
+    # path[0] selects args (0) or kwargs (1); path[1] the position or keyword.
+    entry = path[1]
+    return entry.idx if isinstance(entry, pytree.SequenceKey) else entry.key
+
+
+def _keystr(path: tuple[Any, ...]) -> str:
+    return str(_top_key(path)) + pytree.keystr(path[2:])
+
+
+def _check_json(key: str, value: Any) -> None:
+    # Frozen values are compared at every call and saved as JSON with the program.
+    if value is not None and not isinstance(value, (bool, int, float, str)):
+        raise ValueError(f"{key}: cannot freeze a {type(value).__name__} argument; pass a tensor or a plain value")
