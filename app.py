@@ -1,0 +1,210 @@
+"""FLUX text-to-image with an ahead-of-time compiled transformer: load, optimize, infer, UI, launch."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from typing import Any
+
+import gradio as gr
+import spaces
+import torch
+from diffusers import FluxPipeline
+
+import config as cfg
+from optimization import optimize_pipeline_
+
+logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+log = logging.getLogger("app")
+CONFIG = cfg.from_env()
+GUIDANCE_RANGE = (1.0, 15.0)
+
+# Load --------------------------------------------------------------------------------------------
+
+
+def load_pipeline(config: cfg.AppConfig) -> FluxPipeline:
+    """The pipeline named by FLUX_MODEL, on its device; SystemExit with the fix if it cannot load."""
+    try:
+        pipeline = FluxPipeline.from_pretrained(
+            config.model, dtype=getattr(torch, config.dtype), token=os.environ.get("HF_TOKEN") or None
+        )
+    except Exception as error:  # missing folder, no network, gated repo without a token, ...
+        raise SystemExit(
+            f"Could not load the model FLUX_MODEL={config.model!r}: {type(error).__name__}: {error}\n"
+            f"- for {cfg.HUB_MODEL} (gated), accept its license on the Hub and set HF_TOKEN to a read token;\n"
+            f"- or set FLUX_MODEL to a local folder saved with save_pretrained;\n"
+            f"- or run without a GPU (or with FLUX_MODEL={cfg.EMBEDDED_MODEL}) to use the embedded tiny model."
+        ) from error
+    pipeline.set_progress_bar_config(desc="denoising")
+    return pipeline.to(config.device)
+
+
+start = time.perf_counter()
+pipe = load_pipeline(CONFIG)
+log.info("loaded %s on %s in %.1f s", CONFIG.model, CONFIG.device, time.perf_counter() - start)
+
+# Optimize ----------------------------------------------------------------------------------------
+
+report = optimize_pipeline_(
+    pipe,
+    CONFIG.optimization,
+    prompt="a photo of an astronaut riding a horse",
+    width=CONFIG.default_size,
+    height=CONFIG.default_size,
+    num_inference_steps=1,
+    max_sequence_length=cfg.MAX_SEQUENCE_LENGTH,
+)
+device_name = torch.cuda.get_device_name() if CONFIG.device.startswith("cuda") else "CPU"
+model_name = "embedded tiny FLUX (random weights)" if CONFIG.embedded else CONFIG.model
+STATUS = f"**{model_name}** on {device_name} · {report.summary()}"
+
+# Infer -------------------------------------------------------------------------------------------
+
+
+def _integer(name: str, value: Any, low: int, high: int) -> int:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise gr.Error(f"{name} must be a number, got {value!r}.") from None
+    if not number.is_integer():
+        raise gr.Error(f"{name} must be a whole number, got {value!r}.")
+    if not low <= number <= high:
+        raise gr.Error(f"{name} must be between {low} and {high}, got {int(number)}.")
+    return int(number)
+
+
+def _size(name: str, value: Any) -> int:
+    size = _integer(name, value, cfg.MIN_SIZE, cfg.MAX_SIZE)
+    if size % cfg.SIZE_STEP:
+        # Rejected, not snapped: the image a caller gets always has the size it asked for.
+        raise gr.Error(f"{name} must be a multiple of {cfg.SIZE_STEP}, got {size}.")
+    return size
+
+
+def check_inputs(prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps):
+    """The request as typed values, or gr.Error naming the first bad field. Changes nothing."""
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise gr.Error("Enter a prompt.")
+    if not isinstance(randomize_seed, bool):
+        raise gr.Error(f"randomize_seed must be true or false, got {randomize_seed!r}.")
+    try:
+        guidance = float(guidance_scale)
+    except (TypeError, ValueError):
+        raise gr.Error(f"guidance_scale must be a number, got {guidance_scale!r}.") from None
+    if not (math.isfinite(guidance) and GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]):
+        raise gr.Error(f"guidance_scale must be between {GUIDANCE_RANGE[0]} and {GUIDANCE_RANGE[1]}, got {guidance_scale!r}.")
+    return (
+        prompt.strip(),
+        _integer("seed", seed, 0, cfg.MAX_SEED),
+        randomize_seed,
+        _size("width", width),
+        _size("height", height),
+        guidance,
+        _integer("num_inference_steps", num_inference_steps, 1, CONFIG.max_steps),
+    )
+
+
+def gpu_seconds(prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps, *_) -> int:
+    """ZeroGPU time to reserve: about 0.3 s per step per 1024x1024 image on an H200, plus margin."""
+    try:
+        megapixels = max(float(width) * float(height), 1024 * 1024) / (1024 * 1024)
+        steps = min(max(int(num_inference_steps), 1), CONFIG.max_steps)
+    except (TypeError, ValueError):  # infer rejects the request before using the GPU
+        return 10
+    return int(10 + steps * 0.3 * megapixels**1.2)
+
+
+@spaces.GPU(duration=gpu_seconds)
+def infer(
+    prompt: str,
+    seed: int = 0,
+    randomize_seed: bool = True,
+    width: int = cfg.PRESETS["gpu"].default_size,
+    height: int = cfg.PRESETS["gpu"].default_size,
+    guidance_scale: float = cfg.PRESETS["gpu"].default_guidance,
+    num_inference_steps: int = cfg.PRESETS["gpu"].default_steps,
+    progress: gr.Progress = gr.Progress(track_tqdm=True),
+):
+    """Generate an image from a text prompt with FLUX (transformer AoT-compiled).
+
+    Args:
+        prompt: What to draw. Must not be empty; T5 reads the first 512 tokens, CLIP the first 77.
+        seed: Random seed, an integer from 0 to 2147483647. The same seed and settings give the same image.
+        randomize_seed: If true, ignore `seed` and draw a new one (returned as the second output).
+        width: Image width in pixels: a multiple of 16 from 256 to 2048. Other values are rejected.
+        height: Image height in pixels: a multiple of 16 from 256 to 2048. Other values are rejected.
+        guidance_scale: How closely to follow the prompt, from 1 to 15 (FLUX.1-dev: 3.5).
+        num_inference_steps: Denoising steps, from 1 to the Space's maximum (50 by default); more is slower and finer.
+
+    Returns:
+        The generated image (PNG) and the seed that produced it.
+    """
+    prompt, seed, randomize_seed, width, height, guidance, steps = check_inputs(
+        prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps
+    )
+    tokens = len(pipe.tokenizer_2(prompt).input_ids)
+    if tokens > cfg.MAX_SEQUENCE_LENGTH:
+        gr.Warning(f"The prompt is {tokens} tokens long; only the first {cfg.MAX_SEQUENCE_LENGTH} are used.")
+    if randomize_seed:
+        seed = random.randint(0, cfg.MAX_SEED)
+    image = pipe(
+        prompt=prompt,
+        width=width,
+        height=height,
+        guidance_scale=guidance,
+        num_inference_steps=steps,
+        max_sequence_length=cfg.MAX_SEQUENCE_LENGTH,
+        generator=torch.Generator().manual_seed(seed),  # CPU generator: same image for a seed on any device
+    ).images[0]
+    return image, seed
+
+
+# UI ----------------------------------------------------------------------------------------------
+
+EXAMPLES = [
+    "a tiny astronaut hatching from an egg on the moon",
+    "a cat holding a sign that says hello world",
+    "an anime illustration of a wiener schnitzel",
+]
+CSS = "#col-container { margin: 0 auto; max-width: 640px; }"
+
+with gr.Blocks(title="FLUX, AoT-compiled") as demo:
+    with gr.Column(elem_id="col-container"):
+        gr.Markdown(
+            "# FLUX, ahead-of-time compiled\n"
+            "Text-to-image with the FLUX transformer exported and compiled by AOTInductor at startup "
+            "(one graph for every resolution, FP8 where the GPU has it)."
+        )
+        with gr.Row():
+            prompt = gr.Text(label="Prompt", show_label=False, max_lines=1, placeholder="Enter your prompt", container=False)
+            run_button = gr.Button("Run", scale=0, variant="primary")
+        result = gr.Image(label="Result", show_label=False, format="png", type="pil")
+        status = gr.Markdown(STATUS)
+        with gr.Accordion("Advanced Settings", open=False):
+            seed = gr.Slider(label="Seed", minimum=0, maximum=cfg.MAX_SEED, step=1, value=0)
+            randomize_seed = gr.Checkbox(label="Randomize seed", value=True)
+            with gr.Row():
+                width = gr.Slider(label="Width", minimum=cfg.MIN_SIZE, maximum=cfg.MAX_SIZE, step=cfg.SIZE_STEP, value=CONFIG.default_size)
+                height = gr.Slider(label="Height", minimum=cfg.MIN_SIZE, maximum=cfg.MAX_SIZE, step=cfg.SIZE_STEP, value=CONFIG.default_size)
+            with gr.Row():
+                guidance_scale = gr.Slider(label="Guidance scale", minimum=GUIDANCE_RANGE[0], maximum=GUIDANCE_RANGE[1], step=0.1, value=CONFIG.default_guidance)
+                num_inference_steps = gr.Slider(label="Steps", minimum=1, maximum=CONFIG.max_steps, step=1, value=CONFIG.default_steps)
+        gr.Examples(examples=EXAMPLES, fn=infer, inputs=[prompt], outputs=[result, seed], cache_examples=True, cache_mode="lazy")
+    gr.on(
+        triggers=[run_button.click, prompt.submit],
+        fn=infer,
+        inputs=[prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps],
+        outputs=[result, seed],
+        api_name="infer",
+        preprocess=False,  # `infer` validates raw values itself, with the same messages for UI and API
+    )
+
+# Launch ------------------------------------------------------------------------------------------
+
+demo.queue(default_concurrency_limit=1, max_size=20)  # one generation at a time per GPU
+
+if __name__ == "__main__":
+    demo.launch(css=CSS)  # 127.0.0.1 locally; Spaces set GRADIO_SERVER_NAME=0.0.0.0

@@ -1,0 +1,111 @@
+"""Every setting of the Space, in one place.
+
+Two presets: `gpu` (FLUX.1-dev in bf16, the real Space) and `cpu` (the embedded tiny model in
+float32, for running and testing anywhere). Environment variables override single fields; each
+field's variable is named next to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+EMBEDDED_MODEL = str(Path(__file__).resolve().parent / "assets" / "tiny-flux")
+HUB_MODEL = "black-forest-labs/FLUX.1-dev"
+
+# Resolution range of the UI and of the one compiled graph, per side (the official FLUX.1-dev
+# Space's range). FLUX turns 16x16 pixels into one transformer token (8x VAE, 2x2 packing).
+MIN_SIZE, MAX_SIZE, SIZE_STEP = 256, 2048, 16
+PIXELS_PER_TOKEN = 16
+MAX_SEQUENCE_LENGTH = 512  # T5 tokens; the compiled graph has this static text length
+MAX_SEED = 2**31 - 1
+
+
+def env(name: str) -> dict[str, str]:
+    return {"env": name}
+
+
+@dataclass(frozen=True)
+class OptimizationConfig:
+    """What `optimization.optimize_pipeline_` does; every step can be switched off."""
+
+    aot: bool = field(default=True, metadata=env("AOTI"))  # off: serve the eager transformer
+    fp8: bool = field(default=True, metadata=env("AOTI_FP8"))  # only where the GPU has FP8 units
+    fp8_granularity: str = field(default="row", metadata=env("AOTI_FP8_GRANULARITY"))  # "row" (sm90) or "tensor"
+    dynamic: bool = field(default=True, metadata=env("AOTI_DYNAMIC"))  # off: only the example's resolution
+    attention_backend: str = field(default="", metadata=env("AOTI_ATTENTION"))  # diffusers backend; "" = default SDPA
+    # torch._inductor.config options. From flux-fast's recipe; the benchmark (bench/) decides.
+    inductor_configs: Mapping[str, Any] = field(
+        default_factory=lambda: MappingProxyType(
+            {
+                "conv_1x1_as_mm": True,
+                "epilogue_fusion": False,
+                "coordinate_descent_tuning": True,
+                "coordinate_descent_check_all_directions": True,
+            }
+        )
+    )
+
+    def __post_init__(self) -> None:
+        if self.fp8_granularity not in ("row", "tensor"):
+            raise ValueError(f"fp8_granularity must be 'row' or 'tensor', got {self.fp8_granularity!r}")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    model: str = field(default=HUB_MODEL, metadata=env("FLUX_MODEL"))  # hub id or local folder
+    device: str = field(default="cuda", metadata=env("FLUX_DEVICE"))
+    dtype: str = field(default="bfloat16", metadata=env("FLUX_DTYPE"))
+    default_steps: int = 28
+    max_steps: int = field(default=50, metadata=env("FLUX_MAX_STEPS"))
+    default_guidance: float = 3.5
+    default_size: int = 1024
+    optimization: OptimizationConfig = OptimizationConfig()
+
+    @property
+    def embedded(self) -> bool:
+        return self.model == EMBEDDED_MODEL
+
+
+PRESETS = {
+    "gpu": AppConfig(),
+    "cpu": AppConfig(model=EMBEDDED_MODEL, device="cpu", dtype="float32", default_steps=4, max_steps=50),
+}
+
+
+def from_env(environ: Mapping[str, str] = os.environ, cuda: bool | None = None) -> AppConfig:
+    """The preset for this machine (gpu when CUDA is there), with environment overrides applied."""
+    if cuda is None:
+        import torch
+
+        cuda = torch.cuda.is_available()
+    preset = PRESETS["gpu" if cuda else "cpu"]
+    optimization = _override(preset.optimization, environ)
+    return dataclasses.replace(_override(preset, environ), optimization=optimization)
+
+
+def _override(config: Any, environ: Mapping[str, str]) -> Any:
+    changes = {}
+    for f in dataclasses.fields(config):
+        name = f.metadata.get("env")
+        if name and environ.get(name, "") != "":
+            changes[f.name] = _parse(name, environ[name], type(getattr(config, f.name)))
+    return dataclasses.replace(config, **changes)
+
+
+def _parse(name: str, text: str, kind: type) -> Any:
+    if kind is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}={text!r}: expected 1/0, true/false, yes/no or on/off")
+    try:
+        return kind(text)
+    except ValueError:
+        raise ValueError(f"{name}={text!r}: expected {kind.__name__}") from None

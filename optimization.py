@@ -1,0 +1,110 @@
+"""AoT-compile a FLUX pipeline's transformer at startup. Read this first; `aoti/` does the work.
+
+    optimize_pipeline_(pipe, OptimizationConfig(), prompt="a cat", width=1024, height=1024)
+
+1. capture the transformer's arguments from one real pipeline call (the transformer does not run);
+2. optionally quantize it to FP8 (torchao), decided on the GPU itself;
+3. export it with one dynamic image-sequence axis covering every UI resolution;
+4. compile it with AOTInductor into a small package without weights;
+5. patch it into the pipeline, bound to the transformer's own weights (one copy in memory).
+Steps 1-4 run inside a `@spaces.GPU` function: on ZeroGPU that is the only place with a real GPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import spaces
+import torch
+from diffusers import FluxPipeline
+
+import aoti
+from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, OptimizationConfig
+
+log = logging.getLogger(__name__)
+
+# FLUX's image tokens: the only axes that change with the resolution.
+IMAGE_SEQ = aoti.Dim("image_seq", (MIN_SIZE // PIXELS_PER_TOKEN) ** 2, (MAX_SIZE // PIXELS_PER_TOKEN) ** 2)
+DYNAMIC_AXES = {"hidden_states": {1: IMAGE_SEQ}, "img_ids": {0: IMAGE_SEQ}}
+
+
+@dataclass(frozen=True)
+class OptimizationReport:
+    aot: bool
+    fp8: bool
+    dtype: str
+    attention: str
+    seconds: float  # capture + quantize + export + compile
+    package_mb: float
+
+    def summary(self) -> str:
+        if not self.aot:
+            return f"transformer runs eagerly ({self.dtype}, attention: {self.attention})"
+        precision = "FP8" if self.fp8 else self.dtype
+        return (
+            f"transformer AoT-compiled ({precision}, attention: {self.attention}), "
+            f"compiled in {self.seconds:.1f} s, package {self.package_mb:.1f} MB"
+        )
+
+
+def fp8_unavailable(granularity: str) -> str | None:
+    """Why FP8 cannot run here, or None. Call it on the GPU (ZeroGPU emulates CUDA elsewhere)."""
+    if not torch.cuda.is_available():
+        return "no CUDA GPU"
+    needed = (9, 0) if granularity == "row" else (8, 9)  # per-row scaled matmul needs Hopper
+    capability = torch.cuda.get_device_capability()
+    if capability < needed:
+        name = torch.cuda.get_device_name()
+        return f"{name} has compute capability {capability}, FP8 per-{granularity} needs {needed}"
+    return None
+
+
+def is_fp8(module: torch.nn.Module) -> bool:
+    from torchao.quantization import Float8Tensor
+
+    return any(isinstance(p, Float8Tensor) for p in module.parameters())
+
+
+def quantize_fp8_(module: torch.nn.Module, granularity: str) -> None:
+    """Dynamic FP8 activations and FP8 weights for every linear layer (torchao)."""
+    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
+
+    scale = PerRow() if granularity == "row" else PerTensor()
+    quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=scale))
+
+
+def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **example_call: Any) -> OptimizationReport:
+    """AoT-compile `pipeline.transformer` in place; `example_call` is one pipeline call's kwargs."""
+    transformer = pipeline.transformer
+    dtype = str(transformer.dtype).removeprefix("torch.")
+    if config.attention_backend:
+        transformer.set_attention_backend(config.attention_backend)
+    attention = config.attention_backend or "default (SDPA)"
+    if not config.aot:
+        log.info("AoT compilation is off (AOTI=0): the transformer runs eagerly")
+        return OptimizationReport(False, False, dtype, attention, 0.0, 0.0)
+
+    @spaces.GPU(duration=1500)  # a full FLUX.1-dev compile takes minutes
+    def compile_transformer() -> tuple[aoti.CompiledProgram, bool]:
+        with aoti.capture(transformer) as call:
+            pipeline(**example_call)
+        unavailable = fp8_unavailable(config.fp8_granularity) if config.fp8 else "switched off (AOTI_FP8=0)"
+        if unavailable is None:
+            quantize_fp8_(transformer, config.fp8_granularity)
+        else:
+            log.info("FP8 off: %s; compiling the transformer in %s", unavailable, dtype)
+        exported = aoti.export(transformer, call, DYNAMIC_AXES if config.dynamic else None)
+        return aoti.compile(exported, config.inductor_configs), unavailable is None
+
+    start = time.perf_counter()
+    program, fp8 = compile_transformer()
+    if fp8 and not is_fp8(transformer):
+        # On ZeroGPU the compile ran in a forked worker: quantize this process's copy the same way.
+        quantize_fp8_(transformer, config.fp8_granularity)
+    aoti.apply(transformer, program)
+    report = OptimizationReport(True, fp8, dtype, attention, time.perf_counter() - start, len(program.package) / 1e6)
+    log.info("%s", report.summary())
+    return report
