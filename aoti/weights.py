@@ -20,7 +20,7 @@ def unwrapped_subclasses(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     around the same inner tensors: no copy, and the module looks as it did.
     """
     wrapped = [
-        (sub, name)
+        (sub, name, param)
         for sub in module.modules()
         for name, param in sub.named_parameters(recurse=False)
         if is_traceable_wrapper_subclass(param)
@@ -29,8 +29,12 @@ def unwrapped_subclasses(module: torch.nn.Module) -> Iterator[torch.nn.Module]:
     try:
         yield module
     finally:
-        for sub, name in wrapped:
+        for sub, name, param in wrapped:
             parametrize.remove_parametrizations(sub, name, leave_parametrized=True)
+            # That re-registers a rebuilt tensor (as a buffer when it needs no grad): put the
+            # original Parameter back instead.
+            sub._buffers.pop(name, None)
+            sub._parameters[name] = param
 
 
 def named_weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -1,0 +1,80 @@
+"""Shared fixtures: the embedded tiny FLUX, a captured transformer call, one compiled program.
+
+Everything runs offline on CPU. Temporary files (inductor cache, Gradio uploads) go under
+.cache/tests in the repository, emptied at the start of each run.
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_DIR = ROOT / ".cache" / "tests"
+shutil.rmtree(TEST_DIR, ignore_errors=True)
+TEST_DIR.mkdir(parents=True)
+# Before torch, gradio or huggingface_hub are imported: they read these once.
+for name, sub in {"TMPDIR": "tmp", "GRADIO_TEMP_DIR": "gradio", "TORCHINDUCTOR_CACHE_DIR": "inductor"}.items():
+    (TEST_DIR / sub).mkdir()
+    os.environ[name] = str(TEST_DIR / sub)
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from diffusers import FluxPipeline, FluxTransformer2DModel  # noqa: E402
+
+import aoti  # noqa: E402
+from config import EMBEDDED_MODEL, MAX_SEQUENCE_LENGTH  # noqa: E402
+from optimization import DYNAMIC_AXES  # noqa: E402
+
+CAPTURE_SIZE = (512, 512)  # width, height of the captured call: 1024 image tokens
+
+
+def load_pipeline(dtype=torch.float32) -> FluxPipeline:
+    return FluxPipeline.from_pretrained(EMBEDDED_MODEL, dtype=dtype, local_files_only=True)
+
+
+def load_transformer(dtype=torch.float32) -> FluxTransformer2DModel:
+    return FluxTransformer2DModel.from_pretrained(EMBEDDED_MODEL, subfolder="transformer", dtype=dtype).eval()
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = torch.as_tensor(out).double(), torch.as_tensor(ref).double()
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+@pytest.fixture(scope="session")
+def captured_call() -> aoti.CapturedCall:
+    """The transformer call of a real pipeline call at CAPTURE_SIZE (float32)."""
+    pipe = load_pipeline()
+    width, height = CAPTURE_SIZE
+    with aoti.capture(pipe.transformer) as call:
+        pipe("a cat", width=width, height=height, num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH)
+    return call
+
+
+@pytest.fixture(scope="session")
+def call_for(captured_call):
+    """kwargs for the transformer at another resolution, with fresh random latents."""
+
+    def make(width: int, height: int, seed: int = 0, **changes) -> dict:
+        generator = torch.Generator().manual_seed(seed)
+        h, w = height // 16, width // 16
+        ids = torch.zeros(h, w, 3)
+        ids[..., 1] = torch.arange(h)[:, None]
+        ids[..., 2] = torch.arange(w)[None, :]
+        kwargs = dict(captured_call.kwargs)
+        kwargs["hidden_states"] = torch.randn(1, h * w, 64, generator=generator)
+        kwargs["img_ids"] = ids.reshape(h * w, 3)
+        kwargs.update(changes)
+        return kwargs
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def compiled_program(captured_call) -> aoti.CompiledProgram:
+    """The tiny transformer exported with FLUX's dynamic axes and compiled (float32, CPU)."""
+    return aoti.compile(aoti.export(load_transformer(), captured_call, DYNAMIC_AXES))

@@ -1,0 +1,96 @@
+"""The app as a server: started in-process, called through gradio_client like any API user."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+from PIL import Image
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def app():
+    import app as app_module  # loads the embedded model and AoT-compiles it, as on startup
+
+    app_module.demo.launch(prevent_thread_lock=True, quiet=True)
+    yield app_module
+    app_module.demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app.demo.local_url, verbose=False, download_files=str(Path(os.environ["TMPDIR"]) / "client"))
+
+
+def infer(client, prompt="a red bicycle", seed=5, randomize_seed=False, width=512, height=256, guidance=3.5, steps=2):
+    path, seed = client.predict(prompt, seed, randomize_seed, width, height, guidance, steps, api_name="/infer")
+    return Path(path), seed
+
+
+def test_status_reports_the_compiled_transformer(app):
+    assert "AoT-compiled" in app.STATUS and "embedded tiny FLUX" in app.STATUS
+
+
+def test_infer_returns_a_png_of_the_requested_size_and_the_seed(client):
+    path, seed = infer(client, width=384, height=256, seed=123)
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (384, 256)
+    assert seed == 123
+
+
+def test_randomized_seed_is_returned_and_reproduces_the_image(client):
+    path, seed = infer(client, randomize_seed=True)
+    assert 0 <= seed <= 2**31 - 1
+    again, same_seed = infer(client, seed=seed)
+    assert same_seed == seed and path.read_bytes() == again.read_bytes()
+
+
+BAD_REQUESTS = [
+    (dict(prompt=""), "Enter a prompt"),
+    (dict(prompt="   "), "Enter a prompt"),
+    (dict(width=500), "multiple of 16"),
+    (dict(height=4096), "between 256 and 2048"),
+    (dict(width=128), "between 256 and 2048"),
+    (dict(steps=0), "num_inference_steps must be between 1"),
+    (dict(steps=51), "num_inference_steps must be between 1"),
+    (dict(steps=2.5), "whole number"),
+    (dict(seed=-1), "seed must be between 0"),
+    (dict(seed=2**31), "seed must be between 0"),
+    (dict(seed="abc"), "seed must be a number"),
+    (dict(width="wide"), "width must be a number"),
+    (dict(guidance="x"), "guidance_scale must be a number"),
+    (dict(guidance=100.0), "guidance_scale must be between"),
+    (dict(randomize_seed="maybe"), "randomize_seed must be true or false"),
+]
+
+
+def test_bad_inputs_get_a_clear_error_and_change_nothing(client):
+    before, _ = infer(client, seed=77)
+    for change, message in BAD_REQUESTS:
+        with pytest.raises(Exception, match=message):
+            infer(client, **{"seed": 77, **change})
+    after, _ = infer(client, seed=77)
+    assert before.read_bytes() == after.read_bytes()
+
+
+def test_a_very_long_prompt_is_truncated_not_refused(client):
+    path, _ = infer(client, prompt="a very long prompt " * 200)
+    assert path.exists()
+
+
+def test_api_description_lists_infer_with_its_parameters(client):
+    info = client.view_api(return_format="dict", print_info=False)
+    parameters = [p["parameter_name"] for p in info["named_endpoints"]["/infer"]["parameters"]]
+    assert parameters == ["prompt", "seed", "randomize_seed", "width", "height", "guidance_scale", "num_inference_steps"]
+
+
+def test_a_model_that_cannot_load_ends_startup_with_the_fix(tmp_path):
+    env = {**os.environ, "FLUX_MODEL": str(tmp_path / "no-such-model")}
+    result = subprocess.run([sys.executable, "-c", "import app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    for needle in ("FLUX_MODEL=", "HF_TOKEN", "embedded tiny model"):
+        assert needle in result.stderr

@@ -1,0 +1,76 @@
+"""FP8: the hardware decision, and the quantize -> export -> compile -> apply wiring on CPU.
+
+torchao refuses FP8 without a GPU of compute capability >= 8.9; the wiring test bypasses that
+check (in this test only) so the real code path runs on CPU. Speed and GPU accuracy are measured
+by the benchmark on the GPU machine, not here.
+"""
+
+import numpy as np
+import pytest
+import torch
+import torchao.quantization.quant_api as quant_api
+
+import optimization
+from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
+from conftest import load_pipeline
+
+
+@pytest.mark.parametrize(
+    "available, capability, granularity, reason",
+    [
+        (False, None, "row", "no CUDA GPU"),
+        (True, (8, 6), "tensor", "needs (8, 9)"),
+        (True, (8, 9), "row", "needs (9, 0)"),
+        (True, (8, 9), "tensor", None),
+        (True, (9, 0), "row", None),
+        (True, (12, 0), "row", None),
+    ],
+)
+def test_fp8_needs_a_capable_gpu(monkeypatch, available, capability, granularity, reason):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
+    result = optimization.fp8_unavailable(granularity)
+    assert result == reason if reason is None else reason in result
+
+
+def generate(pipe):
+    return pipe(
+        "a lighthouse at dusk", width=512, height=256, num_inference_steps=2, max_sequence_length=MAX_SEQUENCE_LENGTH,
+        generator=torch.Generator().manual_seed(3), output_type="np",
+    ).images[0]
+
+
+def test_fp8_quantize_export_compile_apply(monkeypatch):
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    monkeypatch.setattr(optimization, "fp8_unavailable", lambda granularity: None)
+    reference = generate(load_pipeline(torch.bfloat16))
+    pipe = load_pipeline(torch.bfloat16)
+    report = optimization.optimize_pipeline_(
+        pipe, OptimizationConfig(fp8_granularity="row"), prompt="example", width=512, height=512,
+        num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
+    )
+    assert report.fp8 and "FP8" in report.summary()
+    weights = pipe.transformer.forward.weights
+    assert weights["proj_out.parametrizations.weight.original0"].dtype == torch.float8_e4m3fn
+    assert weights["proj_out.parametrizations.weight.original1"].shape == (64, 1)  # one scale per row
+    assert pipe.transformer.dtype == torch.bfloat16  # what the pipeline reads is unchanged
+    image = generate(pipe)
+    error = np.linalg.norm(image - reference) / np.linalg.norm(reference)
+    assert error < 0.05, f"FP8 image differs from bf16 by {error:.3f}"
+
+
+def test_unwrapping_fp8_parameters_is_undone_exactly(monkeypatch):
+    from aoti.weights import named_weights, unwrapped_subclasses
+    from torchao.quantization import Float8Tensor
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    module = torch.nn.Sequential(torch.nn.Linear(32, 16))  # FP8 needs sizes divisible by 16.to(torch.bfloat16)
+    optimization.quantize_fp8_(module, "row")
+    weight = module[0].weight
+    with unwrapped_subclasses(module):
+        flat = named_weights(module)
+    assert set(flat) == {"0.bias", "0.parametrizations.weight.original0", "0.parametrizations.weight.original1"}
+    assert flat["0.parametrizations.weight.original0"].data_ptr() == weight.qdata.data_ptr()  # no copy
+    assert module[0].weight is weight and type(module[0]) is torch.nn.Linear
+    assert any(p is weight for p in module.parameters()) and isinstance(weight, Float8Tensor)

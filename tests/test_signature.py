@@ -1,0 +1,77 @@
+"""The export spec and the call contract of compiled programs (no compilation here)."""
+
+import pytest
+import torch
+
+import aoti
+from optimization import DYNAMIC_AXES, IMAGE_SEQ
+from config import MAX_SIZE, MIN_SIZE
+
+
+def test_image_sequence_range_is_derived_from_the_resolution_range():
+    assert (IMAGE_SEQ.min, IMAGE_SEQ.max) == ((MIN_SIZE // 16) ** 2, (MAX_SIZE // 16) ** 2) == (256, 16384)
+
+
+def test_dynamic_shapes_mirror_the_captured_call(captured_call):
+    signature = aoti.Signature.from_call(captured_call, DYNAMIC_AXES)
+    args, kwargs = signature.export_dynamic_shapes(captured_call.args, captured_call.kwargs)
+    assert args == ()
+    assert set(kwargs) == set(captured_call.kwargs)
+    seq = kwargs["hidden_states"][1]
+    assert kwargs["img_ids"] == {0: seq}  # one shared Dim object
+    assert isinstance(seq, torch.export.Dim) and (seq.min, seq.max) == (256, 16384)
+    assert kwargs["hidden_states"] == {1: seq}
+    assert kwargs["joint_attention_kwargs"] == {}  # empty dict mirrored as {}
+    for static in ("encoder_hidden_states", "txt_ids", "pooled_projections", "timestep", "guidance", "return_dict"):
+        assert kwargs[static] is None
+
+
+def test_check_accepts_other_sizes_in_range(captured_call, call_for):
+    signature = aoti.Signature.from_call(captured_call, DYNAMIC_AXES)
+    for width, height in [(256, 256), (1344, 768), (2048, 2048)]:
+        signature.check((), call_for(width, height))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(hidden_states=torch.randn(1, 128, 64), img_ids=torch.zeros(128, 3)), "outside the compiled range 256..16384"),
+        (dict(img_ids=torch.zeros(2048, 3)), "inconsistent 'image_seq'"),
+        (dict(encoder_hidden_states=torch.randn(1, 77, 32)), "expects"),
+        (dict(return_dict=True), "frozen at export"),
+        (dict(joint_attention_kwargs={"scale": 0.5}), "do not match the compiled call"),
+        (dict(joint_attention_kwargs=None), "do not match the compiled call"),
+        (dict(guidance=torch.tensor([3.5], dtype=torch.float64)), "float64"),
+        (dict(guidance=3.5), "must be a tensor"),
+    ],
+)
+def test_check_rejects_what_the_program_cannot_run(captured_call, call_for, change, message):
+    signature = aoti.Signature.from_call(captured_call, DYNAMIC_AXES)
+    with pytest.raises(ValueError, match=message):
+        signature.check((), call_for(512, 512, **change))
+
+
+def test_check_rejects_an_unknown_keyword(captured_call):
+    signature = aoti.Signature.from_call(captured_call, DYNAMIC_AXES)
+    with pytest.raises(ValueError, match="do not match"):
+        signature.check((), {**captured_call.kwargs, "controlnet_block_samples": None})
+
+
+def test_json_round_trip(captured_call):
+    signature = aoti.Signature.from_call(captured_call, DYNAMIC_AXES)
+    assert aoti.Signature.from_json(signature.to_json()) == signature
+
+
+def test_dynamic_axes_must_name_tensors_of_the_call(captured_call):
+    seq = aoti.Dim("s", 2, 10)
+    with pytest.raises(ValueError, match="does not have"):
+        aoti.Signature.from_call(captured_call, {"latents": {1: seq}})
+    with pytest.raises(ValueError, match="not a tensor"):
+        aoti.Signature.from_call(captured_call, {"return_dict": {0: seq}})
+    with pytest.raises(ValueError, match="outside"):
+        aoti.Signature.from_call(captured_call, {"hidden_states": {1: seq}})
+
+
+def test_dim_range_is_validated():
+    with pytest.raises(ValueError):
+        aoti.Dim("s", 10, 5)
