@@ -65,7 +65,7 @@ def test_unwrapping_fp8_parameters_is_undone_exactly(monkeypatch):
     from torchao.quantization import Float8Tensor
 
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
-    module = torch.nn.Sequential(torch.nn.Linear(32, 16))  # FP8 needs sizes divisible by 16.to(torch.bfloat16)
+    module = torch.nn.Sequential(torch.nn.Linear(32, 16)).to(torch.bfloat16)  # FP8 needs sizes divisible by 16
     optimization.quantize_fp8_(module, "row")
     weight = module[0].weight
     with unwrapped_subclasses(module):
