@@ -1,0 +1,34 @@
+import pytest
+
+import config
+
+
+def test_presets_follow_the_machine():
+    assert config.from_env({}, cuda=True).model == config.HUB_MODEL
+    cpu = config.from_env({}, cuda=False)
+    assert (cpu.model, cpu.device, cpu.dtype, cpu.embedded) == (config.EMBEDDED_MODEL, "cpu", "float32", True)
+
+
+def test_environment_overrides_single_fields():
+    environ = {"FLUX_MODEL": "me/my-flux", "AOTI_FP8": "off", "AOTI_ATTENTION": "_native_cudnn", "FLUX_MAX_STEPS": "8"}
+    loaded = config.from_env(environ, cuda=True)
+    assert (loaded.model, loaded.max_steps) == ("me/my-flux", 8)
+    assert (loaded.optimization.fp8, loaded.optimization.attention_backend) == (False, "_native_cudnn")
+    assert loaded.optimization.dynamic and loaded.dtype == "bfloat16"  # untouched fields keep the preset
+
+
+@pytest.mark.parametrize(
+    "environ, message",
+    [({"AOTI_FP8": "perhaps"}, "AOTI_FP8='perhaps'"), ({"FLUX_MAX_STEPS": "many"}, "expected int"),
+     ({"AOTI_FP8_GRANULARITY": "block"}, "'row' or 'tensor'")],
+)
+def test_bad_environment_values_are_named(environ, message):
+    with pytest.raises(ValueError, match=message):
+        config.from_env(environ, cuda=False)
+
+
+def test_config_is_frozen():
+    with pytest.raises(AttributeError):
+        config.PRESETS["gpu"].model = "x"
+    with pytest.raises(TypeError):
+        config.OptimizationConfig().inductor_configs["max_autotune"] = True
