@@ -122,10 +122,10 @@ def infer(
     prompt: str,
     seed: int = 0,
     randomize_seed: bool = True,
-    width: int = cfg.PRESETS["gpu"].default_size,
-    height: int = cfg.PRESETS["gpu"].default_size,
-    guidance_scale: float = cfg.PRESETS["gpu"].default_guidance,
-    num_inference_steps: int = cfg.PRESETS["gpu"].default_steps,
+    width: int = CONFIG.default_size,
+    height: int = CONFIG.default_size,
+    guidance_scale: float = CONFIG.default_guidance,
+    num_inference_steps: int = CONFIG.default_steps,
     progress: gr.Progress = gr.Progress(track_tqdm=True),
 ):
     """Generate an image from a text prompt with FLUX (transformer AoT-compiled).
