@@ -18,8 +18,9 @@ from .dispatch import CompiledForward
 from .export import Exported, export
 from .program import CompiledProgram
 from .signature import Dim, Signature
+from .toolchain import ToolchainError
 
 __all__ = [
     "ArtifactError", "CaptureError", "CapturedCall", "CompiledForward", "CompiledProgram", "Dim",
-    "Exported", "Signature", "apply", "capture", "compile", "export", "load", "save",
+    "Exported", "Signature", "ToolchainError", "apply", "capture", "compile", "export", "load", "save",
 ]

@@ -12,6 +12,7 @@ import torch
 
 from .export import Exported
 from .program import CompiledProgram
+from .toolchain import check_package
 
 # The package must not carry the weights: they stay in the live module and are bound by
 # pointer at load time (megabytes to ship instead of gigabytes, and no second copy).
@@ -32,6 +33,7 @@ def compile(exported: Exported, inductor_configs: Mapping[str, Any] | None = Non
             exported.program, package_path=str(Path(tmp) / "program.pt2"), inductor_configs=configs
         )
         package = Path(path).read_bytes()
+    check_package(package)  # fail here, with the fix, rather than segfault at load time
     return CompiledProgram(
         package=package,
         signature=exported.signature,

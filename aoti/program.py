@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .signature import Signature, TensorSpec
+from .toolchain import check_package
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class CompiledProgram:
         missing = sorted(set(self.weight_names) - set(weights))
         if missing:
             raise ValueError(f"{len(missing)} weights the program needs are missing, e.g. {missing[:3]}")
+        check_package(self.package)
         with tempfile.TemporaryDirectory(prefix="aoti-load-") as tmp:
             path = Path(tmp) / "program.pt2"
             path.write_bytes(self.package)
