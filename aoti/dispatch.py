@@ -36,15 +36,14 @@ class CompiledForward:
         return self._runner(index)(*args, **kwargs)
 
     def select(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
-        """Index of the first program that accepts the call; ValueError from the last otherwise."""
+        """Index of the first program that accepts the call; the last program's ValueError otherwise."""
         for index, program in enumerate(self.programs):
             try:
                 program.signature.check(args, kwargs)
                 return index
-            except ValueError:
-                if index == len(self.programs) - 1:
-                    raise
-        raise AssertionError("unreachable")
+            except ValueError as error:
+                rejection = error
+        raise rejection
 
     def _runner(self, index: int) -> Any:
         with self._lock:

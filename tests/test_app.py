@@ -94,3 +94,11 @@ def test_a_model_that_cannot_load_ends_startup_with_the_fix(tmp_path):
     assert result.returncode != 0
     for needle in ("FLUX_MODEL=", "HF_TOKEN", "embedded tiny model"):
         assert needle in result.stderr
+
+
+def test_long_prompt_warns_that_it_is_cut(app, monkeypatch):
+    warnings = []
+    monkeypatch.setattr(app.gr, "Warning", warnings.append)
+    image, _ = app.infer("many words " * 300, 1, False, 256, 256, 3.5, 1)
+    assert image.size == (256, 256)
+    assert len(warnings) == 1 and "only the first 512 are used" in warnings[0]
