@@ -38,7 +38,9 @@ class OptimizationConfig:
     fp8: bool = field(default=True, metadata=env("AOTI_FP8"))  # only where the GPU has FP8 units
     fp8_granularity: str = field(default="row", metadata=env("AOTI_FP8_GRANULARITY"))  # "row" (sm90) or "tensor"
     dynamic: bool = field(default=True, metadata=env("AOTI_DYNAMIC"))  # off: only the example's resolution
-    attention_backend: str = field(default="", metadata=env("AOTI_ATTENTION"))  # diffusers backend; "" = default SDPA
+    attention_backend: str = field(default="auto", metadata=env("AOTI_ATTENTION"))  # "auto" or a diffusers backend name
+    # Extra static graphs for these sizes ("1024x1024,1344x768"), sharing the weights with the dynamic graph.
+    static_sizes: str = field(default="", metadata=env("AOTI_STATIC_SIZES"))
     # torch._inductor.config options. From flux-fast's recipe; the benchmark (bench/) decides.
     inductor_configs: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType(
@@ -54,6 +56,22 @@ class OptimizationConfig:
     def __post_init__(self) -> None:
         if self.fp8_granularity not in ("row", "tensor"):
             raise ValueError(f"fp8_granularity must be 'row' or 'tensor', got {self.fp8_granularity!r}")
+        self.static_resolutions  # validates
+
+    @property
+    def static_resolutions(self) -> tuple[tuple[int, int], ...]:
+        """`static_sizes` as (width, height) pairs."""
+        sizes = []
+        for item in filter(None, self.static_sizes.replace(" ", "").split(",")):
+            try:
+                width, height = map(int, item.lower().split("x"))
+            except ValueError:
+                raise ValueError(f"static size {item!r} is not WIDTHxHEIGHT") from None
+            for side in (width, height):
+                if not MIN_SIZE <= side <= MAX_SIZE or side % SIZE_STEP:
+                    raise ValueError(f"static size {item!r}: sides must be multiples of {SIZE_STEP} in {MIN_SIZE}..{MAX_SIZE}")
+            sizes.append((width, height))
+        return tuple(sizes)
 
 
 @dataclass(frozen=True)

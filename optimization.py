@@ -2,12 +2,14 @@
 
     optimize_pipeline_(pipe, OptimizationConfig(), prompt="a cat", width=1024, height=1024)
 
-1. capture the transformer's arguments from one real pipeline call (the transformer does not run);
-2. optionally quantize it to FP8 (torchao), decided on the GPU itself;
-3. export it with one dynamic image-sequence axis covering every UI resolution;
-4. compile it with AOTInductor into a small package without weights;
-5. patch it into the pipeline, bound to the transformer's own weights (one copy in memory).
-Steps 1-4 run inside a `@spaces.GPU` function: on ZeroGPU that is the only place with a real GPU.
+1. pick the attention backend (FA3 or cuDNN on Hopper, see attention.py);
+2. capture the transformer's arguments from one real pipeline call (the transformer does not run);
+3. optionally quantize it to FP8 (torchao), decided on the GPU itself;
+4. export it with one dynamic image-sequence axis covering every UI resolution (plus, optionally,
+   static graphs for chosen sizes);
+5. compile with AOTInductor into small packages without weights;
+6. patch them into the pipeline, bound to the transformer's own weights (one copy in memory).
+Steps 1-5 run inside a `@spaces.GPU` function: on ZeroGPU that is the only place with a real GPU.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import torch
 from diffusers import FluxPipeline
 
 import aoti
+from attention import set_attention_backend
 from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, OptimizationConfig
 
 log = logging.getLogger(__name__)
@@ -37,6 +40,7 @@ class OptimizationReport:
     fp8: bool
     dtype: str
     attention: str
+    graphs: int  # compiled programs: static ones plus the dynamic one
     seconds: float  # capture + quantize + export + compile
     package_mb: float
 
@@ -44,8 +48,9 @@ class OptimizationReport:
         if not self.aot:
             return f"transformer runs eagerly ({self.dtype}, attention: {self.attention})"
         precision = "FP8" if self.fp8 else self.dtype
+        graphs = f"{self.graphs} graphs" if self.graphs > 1 else "one graph for all sizes"
         return (
-            f"transformer AoT-compiled ({precision}, attention: {self.attention}), "
+            f"transformer AoT-compiled ({precision}, attention: {self.attention}, {graphs}), "
             f"compiled in {self.seconds:.1f} s, package {self.package_mb:.1f} MB"
         )
 
@@ -80,31 +85,40 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
     """AoT-compile `pipeline.transformer` in place; `example_call` is one pipeline call's kwargs."""
     transformer = pipeline.transformer
     dtype = str(transformer.dtype).removeprefix("torch.")
-    if config.attention_backend:
-        transformer.set_attention_backend(config.attention_backend)
-    attention = config.attention_backend or "default (SDPA)"
     if not config.aot:
+        attention = set_attention_backend(transformer, config.attention_backend)
         log.info("AoT compilation is off (AOTI=0): the transformer runs eagerly")
-        return OptimizationReport(False, False, dtype, attention, 0.0, 0.0)
+        return OptimizationReport(False, False, dtype, attention, 0, 0.0, 0.0)
+
+    def capture(**size: int) -> aoti.CapturedCall:
+        with aoti.capture(transformer) as call:
+            pipeline(**{**example_call, **size})
+        return call
 
     @spaces.GPU(duration=1500)  # a full FLUX.1-dev compile takes minutes
-    def compile_transformer() -> tuple[aoti.CompiledProgram, bool]:
-        with aoti.capture(transformer) as call:
-            pipeline(**example_call)
+    def compile_transformer() -> tuple[list[aoti.CompiledProgram], bool, str]:
+        attention = set_attention_backend(transformer, config.attention_backend)  # the real card is visible here
+        calls = [capture(width=w, height=h) for w, h in config.static_resolutions]  # static graphs first
+        calls.append(capture())
         unavailable = fp8_unavailable(config.fp8_granularity) if config.fp8 else "switched off (AOTI_FP8=0)"
         if unavailable is None:
             quantize_fp8_(transformer, config.fp8_granularity)
         else:
             log.info("FP8 off: %s; compiling the transformer in %s", unavailable, dtype)
-        exported = aoti.export(transformer, call, DYNAMIC_AXES if config.dynamic else None)
-        return aoti.compile(exported, config.inductor_configs), unavailable is None
+        dynamic = [None] * (len(calls) - 1) + [DYNAMIC_AXES if config.dynamic else None]
+        programs = [
+            aoti.compile(aoti.export(transformer, call, axes), config.inductor_configs)
+            for call, axes in zip(calls, dynamic)
+        ]
+        return programs, unavailable is None, attention
 
     start = time.perf_counter()
-    program, fp8 = compile_transformer()
+    programs, fp8, attention = compile_transformer()
     if fp8 and not is_fp8(transformer):
         # On ZeroGPU the compile ran in a forked worker: quantize this process's copy the same way.
         quantize_fp8_(transformer, config.fp8_granularity)
-    aoti.apply(transformer, program)
-    report = OptimizationReport(True, fp8, dtype, attention, time.perf_counter() - start, len(program.package) / 1e6)
+    aoti.apply(transformer, programs)
+    package_mb = sum(len(p.package) for p in programs) / 1e6
+    report = OptimizationReport(True, fp8, dtype, attention, len(programs), time.perf_counter() - start, package_mb)
     log.info("%s", report.summary())
     return report

@@ -10,7 +10,7 @@ from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
 from conftest import load_pipeline
 from optimization import optimize_pipeline_
 
-SIZES = [(512, 512), (768, 384)]  # the example's size and one it never saw
+SIZES = [(512, 512), (768, 384), (384, 640)]  # the example's size, a static graph's, and one neither saw
 
 
 def generate(pipe, width, height):
@@ -27,14 +27,15 @@ def eager_images():
 
 
 def test_compiled_pipeline_gives_the_eager_image(eager_images, caplog):
+    """Through optimize_pipeline_ with one static graph beside the dynamic one."""
     pipe = load_pipeline()
     with caplog.at_level(logging.INFO, logger="optimization"):
         report = optimize_pipeline_(
-            pipe, OptimizationConfig(), prompt="example", width=512, height=512, num_inference_steps=1,
+            pipe, OptimizationConfig(static_sizes="768x384"), prompt="example", width=512, height=512, num_inference_steps=1,
             max_sequence_length=MAX_SEQUENCE_LENGTH,
         )
     # On CPU, FP8 (on by default) falls back to the model's dtype, saying so once.
-    assert (report.aot, report.fp8, report.dtype) == (True, False, "float32")
+    assert (report.aot, report.fp8, report.dtype, report.graphs) == (True, False, "float32", 2)
     assert "FP8 off: no CUDA GPU" in caplog.text
     assert 0 < report.package_mb < 10
     for size, ref in eager_images.items():

@@ -1,0 +1,42 @@
+"""Pick the fastest attention backend that works here, inside the GPU function.
+
+Order on Hopper: FlashAttention-3 from the Hub's `kernels` (diffusers' `_flash_3_hub`; its kernels
+are registered torch ops, so torch.export keeps each call as one op), then cuDNN SDPA (the
+fastest built-in on Hopper, facts.md). Elsewhere diffusers' default SDPA. A backend that cannot
+be set up (no network for the Hub download, no `kernels` package) falls through to the next.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+AUTO = "auto"
+DEFAULT = "native"  # diffusers' name for torch's scaled_dot_product_attention
+HOPPER_CHOICES = ("_flash_3_hub", "_native_cudnn")
+
+
+def candidates(requested: str) -> tuple[str, ...]:
+    """Backends to try, best first; an explicit request is tried alone."""
+    if requested != AUTO:
+        return (requested,)
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0):
+        return (*HOPPER_CHOICES, DEFAULT)
+    return (DEFAULT,)
+
+
+def set_attention_backend(module: torch.nn.Module, requested: str) -> str:
+    """Set the first working backend of `candidates(requested)` on a diffusers model; return its name."""
+    errors = []
+    for backend in candidates(requested):
+        try:
+            module.set_attention_backend(backend)
+            if errors:
+                log.info("attention: %s (%s)", backend, "; ".join(errors))
+            return backend
+        except Exception as error:  # ImportError, download failure, unknown name: try the next one
+            errors.append(f"{backend} unavailable: {type(error).__name__}: {error}")
+    raise RuntimeError(f"no attention backend could be set: {'; '.join(errors)}")
