@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import aoti  # noqa: E402
+from attention import set_attention_backend  # noqa: E402
 from config import MAX_SEQUENCE_LENGTH, OptimizationConfig  # noqa: E402
 from optimization import DYNAMIC_AXES, quantize_fp8_  # noqa: E402
 
@@ -179,6 +180,7 @@ def main() -> None:
         torch._dynamo.reset()
 
     def aot(rung: str, model, granularity: str | None) -> tuple[aoti.CompiledProgram, dict]:
+        attention = set_attention_backend(model, OptimizationConfig().attention_backend)  # as the app does
         if granularity:
             quantize_fp8_(model, granularity)
         weights = weight_bytes(model)
@@ -188,7 +190,7 @@ def main() -> None:
         program = aoti.compile(exported, inductor_configs)
         del exported
         aoti.apply(model, program)
-        extra = dict(export_s=export_s, compile_s=program.compile_seconds, package_mb=len(program.package) / 1e6,
+        extra = dict(attention=attention, export_s=export_s, compile_s=program.compile_seconds, package_mb=len(program.package) / 1e6,
                      weights_gib=weights / 2**30)
         return program, measure(rung, model, extra)
 
