@@ -41,6 +41,9 @@ class OptimizationConfig:
     attention_backend: str = field(default="auto", metadata=env("AOTI_ATTENTION"))  # "auto" or a diffusers backend name
     # Extra static graphs for these sizes ("1024x1024,1344x768"), sharing the weights with the dynamic graph.
     static_sizes: str = field(default="", metadata=env("AOTI_STATIC_SIZES"))
+    cache: bool = field(default=True, metadata=env("AOTI_CACHE"))  # reuse compiled programs across starts
+    cache_dir: str = field(default="", metadata=env("AOTI_CACHE_DIR"))  # "": /data/aoti-cache on Spaces, else ~/.cache
+    hub_repo: str = field(default="", metadata=env("AOTI_HUB_REPO"))  # also pull/push programs here (needs HF_TOKEN)
     # torch._inductor.config options. From flux-fast's recipe; the benchmark (bench/) decides.
     inductor_configs: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType(
@@ -57,6 +60,15 @@ class OptimizationConfig:
         if self.fp8_granularity not in ("row", "tensor"):
             raise ValueError(f"fp8_granularity must be 'row' or 'tensor', got {self.fp8_granularity!r}")
         self.static_resolutions  # validates
+
+    @property
+    def cache_folder(self) -> Path:
+        if self.cache_dir:
+            return Path(self.cache_dir)
+        persistent = Path("/data")  # a Space's persistent storage, when it has some
+        if persistent.is_dir() and os.access(persistent, os.W_OK):
+            return persistent / "aoti-cache"
+        return Path.home() / ".cache" / "aoti"
 
     @property
     def static_resolutions(self) -> tuple[tuple[int, int], ...]:

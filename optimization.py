@@ -15,12 +15,15 @@ Steps 1-5 run inside a `@spaces.GPU` function: on ZeroGPU that is the only place
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
+import diffusers
 import spaces
 import torch
+import torchao
 from diffusers import FluxPipeline
 
 import aoti
@@ -41,7 +44,8 @@ class OptimizationReport:
     dtype: str
     attention: str
     graphs: int  # compiled programs: static ones plus the dynamic one
-    seconds: float  # capture + quantize + export + compile
+    cached: bool  # loaded from the program cache instead of compiled
+    seconds: float  # capture + quantize + export + compile, or the cache load
     package_mb: float
 
     def summary(self) -> str:
@@ -51,7 +55,8 @@ class OptimizationReport:
         graphs = f"{self.graphs} graphs" if self.graphs > 1 else "one graph for all sizes"
         return (
             f"transformer AoT-compiled ({precision}, attention: {self.attention}, {graphs}), "
-            f"compiled in {self.seconds:.1f} s, package {self.package_mb:.1f} MB"
+            f"{'loaded from cache' if self.cached else 'compiled'} in {self.seconds:.1f} s, "
+            f"package {self.package_mb:.1f} MB"
         )
 
 
@@ -81,6 +86,25 @@ def quantize_fp8_(module: torch.nn.Module, granularity: str) -> None:
     quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=scale))
 
 
+def fingerprint(pipeline: FluxPipeline, config: OptimizationConfig, example_call: dict, fp8: bool, attention: str) -> dict:
+    """Everything a compiled transformer depends on; its weights' values are not among them."""
+    transformer = pipeline.transformer
+    return {
+        "model": transformer.config.get("_name_or_path", ""),  # hub snapshot path: id and revision
+        "transformer": {k: v for k, v in transformer.config.items() if not k.startswith("_")},
+        "dtype": str(transformer.dtype),
+        "fp8": config.fp8_granularity if fp8 else None,
+        "attention": attention,
+        "dynamic": config.dynamic,
+        "static_sizes": config.static_resolutions,
+        "inductor_configs": dict(config.inductor_configs),
+        "example_call": {k: v for k, v in example_call.items() if isinstance(v, (int, float, str, bool))},
+        "diffusers": diffusers.__version__,
+        "torchao": torchao.__version__,
+        **aoti.cache.environment(transformer.device.type),
+    }
+
+
 def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **example_call: Any) -> OptimizationReport:
     """AoT-compile `pipeline.transformer` in place; `example_call` is one pipeline call's kwargs."""
     transformer = pipeline.transformer
@@ -88,7 +112,7 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
     if not config.aot:
         attention = set_attention_backend(transformer, config.attention_backend)
         log.info("AoT compilation is off (AOTI=0): the transformer runs eagerly")
-        return OptimizationReport(False, False, dtype, attention, 0, 0.0, 0.0)
+        return OptimizationReport(False, False, dtype, attention, 0, False, 0.0, 0.0)
 
     def capture(**size: int) -> aoti.CapturedCall:
         with aoti.capture(transformer) as call:
@@ -96,12 +120,18 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         return call
 
     @spaces.GPU(duration=1500)  # a full FLUX.1-dev compile takes minutes
-    def compile_transformer() -> tuple[list[aoti.CompiledProgram], bool, str]:
-        attention = set_attention_backend(transformer, config.attention_backend)  # the real card is visible here
+    def compile_transformer() -> tuple[list[aoti.CompiledProgram], bool, str, bool]:
+        # Hardware decisions are made here, where the real card is visible.
+        attention = set_attention_backend(transformer, config.attention_backend)
+        unavailable = fp8_unavailable(config.fp8_granularity) if config.fp8 else "switched off (AOTI_FP8=0)"
+        fp8 = unavailable is None
+        cache = aoti.ProgramCache(config.cache_folder, config.hub_repo, os.environ.get("HF_TOKEN")) if config.cache else None
+        key = fingerprint(pipeline, config, example_call, fp8, attention)
+        if cache and (programs := cache.load(key)):
+            return programs, fp8, attention, True
         calls = [capture(width=w, height=h) for w, h in config.static_resolutions]  # static graphs first
         calls.append(capture())
-        unavailable = fp8_unavailable(config.fp8_granularity) if config.fp8 else "switched off (AOTI_FP8=0)"
-        if unavailable is None:
+        if fp8:
             quantize_fp8_(transformer, config.fp8_granularity)
         else:
             log.info("FP8 off: %s; compiling the transformer in %s", unavailable, dtype)
@@ -110,15 +140,19 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
             aoti.compile(aoti.export(transformer, call, axes), config.inductor_configs)
             for call, axes in zip(calls, dynamic)
         ]
-        return programs, unavailable is None, attention
+        if cache:
+            cache.store(key, programs)
+        return programs, fp8, attention, False
 
     start = time.perf_counter()
-    programs, fp8, attention = compile_transformer()
+    programs, fp8, attention, cached = compile_transformer()
     if fp8 and not is_fp8(transformer):
-        # On ZeroGPU the compile ran in a forked worker: quantize this process's copy the same way.
+        # Loaded from the cache, or compiled in ZeroGPU's forked worker: quantize this copy the same way.
         quantize_fp8_(transformer, config.fp8_granularity)
     aoti.apply(transformer, programs)
     package_mb = sum(len(p.package) for p in programs) / 1e6
-    report = OptimizationReport(True, fp8, dtype, attention, len(programs), time.perf_counter() - start, package_mb)
+    report = OptimizationReport(
+        True, fp8, dtype, attention, len(programs), cached, time.perf_counter() - start, package_mb
+    )
     log.info("%s", report.summary())
     return report

@@ -6,12 +6,13 @@
     program = compile(exported)                    # 3. AOTInductor package, weights left out
     apply(pipe.transformer, program)               # 4. bind the live weights, drop the eager copy
 
-`save`/`load` keep a program on disk; nothing here depends on ZeroGPU, and all of it runs on
+`save`/`load` keep a program on disk, `ProgramCache` reuses programs across starts; nothing here depends on ZeroGPU, and all of it runs on
 CPU and CUDA.
 """
 
 from .apply import apply
 from .artifact import ArtifactError, load, save
+from .cache import ProgramCache
 from .capture import CaptureError, CapturedCall, capture
 from .compile import compile
 from .dispatch import CompiledForward
@@ -22,5 +23,5 @@ from .toolchain import ToolchainError
 
 __all__ = [
     "ArtifactError", "CaptureError", "CapturedCall", "CompiledForward", "CompiledProgram", "Dim",
-    "Exported", "Signature", "ToolchainError", "apply", "capture", "compile", "export", "load", "save",
+    "Exported", "ProgramCache", "Signature", "ToolchainError", "apply", "capture", "compile", "export", "load", "save",
 ]

@@ -84,7 +84,7 @@ class Signature:
 
     def check(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Raise ValueError unless the program was compiled for exactly this kind of call."""
-        flat, spec = pytree.tree_flatten_with_path((args, dict(kwargs)))
+        flat, spec = pytree.tree_flatten_with_path((args, self._in_captured_order(kwargs)))
         if pytree.treespec_dumps(spec) != self.treespec:
             expected = pytree.treespec_loads(self.treespec)
             raise ValueError(f"the call's arguments do not match the compiled call: expected {expected}, got {spec}")
@@ -122,6 +122,14 @@ class Signature:
                     raise ValueError(
                         f"inconsistent {want!r}: {seen[1]} has {seen[0]}, {key} axis {axis} has {size}"
                     )
+
+    def _in_captured_order(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        # Keyword order is not part of a call: compare in the order the program was captured with.
+        captured = pytree.treespec_loads(self.treespec).child(1).context
+        if set(kwargs) != set(captured):
+            missing, extra = sorted(set(captured) - set(kwargs)), sorted(set(kwargs) - set(captured))
+            raise ValueError(f"the call's keywords do not match the compiled call: missing {missing}, unexpected {extra}")
+        return {name: kwargs[name] for name in captured}
 
     def export_dynamic_shapes(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
         """The `dynamic_shapes` argument of torch.export for this call, mirroring its tree."""

@@ -14,7 +14,9 @@ TEST_DIR = ROOT / ".cache" / "tests"
 shutil.rmtree(TEST_DIR, ignore_errors=True)
 TEST_DIR.mkdir(parents=True)
 # Before torch, gradio or huggingface_hub are imported: they read these once.
-for name, sub in {"TMPDIR": "tmp", "GRADIO_TEMP_DIR": "gradio", "TORCHINDUCTOR_CACHE_DIR": "inductor"}.items():
+for name, sub in {
+    "TMPDIR": "tmp", "GRADIO_TEMP_DIR": "gradio", "TORCHINDUCTOR_CACHE_DIR": "inductor", "AOTI_CACHE_DIR": "aoti-cache"
+}.items():
     (TEST_DIR / sub).mkdir()
     os.environ[name] = str(TEST_DIR / sub)
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -78,3 +80,13 @@ def call_for(captured_call):
 def compiled_program(captured_call) -> aoti.CompiledProgram:
     """The tiny transformer exported with FLUX's dynamic axes and compiled (float32, CPU)."""
     return aoti.compile(aoti.export(load_transformer(), captured_call, DYNAMIC_AXES))
+
+
+@pytest.fixture(scope="session")
+def app():
+    """The app started in this process, as `python app.py` would (its program cache starts empty)."""
+    import app as app_module  # loads the embedded model and AoT-compiles it
+
+    app_module.demo.launch(prevent_thread_lock=True, quiet=True)
+    yield app_module
+    app_module.demo.close()

@@ -13,15 +13,6 @@ from conftest import ROOT
 
 
 @pytest.fixture(scope="module")
-def app():
-    import app as app_module  # loads the embedded model and AoT-compiles it, as on startup
-
-    app_module.demo.launch(prevent_thread_lock=True, quiet=True)
-    yield app_module
-    app_module.demo.close()
-
-
-@pytest.fixture(scope="module")
 def client(app):
     return Client(app.demo.local_url, verbose=False, download_files=str(Path(os.environ["TMPDIR"]) / "client"))
 

@@ -75,3 +75,11 @@ def test_dynamic_axes_must_name_tensors_of_the_call(captured_call):
 def test_dim_range_is_validated():
     with pytest.raises(ValueError):
         aoti.Dim("s", 10, 5)
+
+
+def test_keyword_order_does_not_matter(captured_call, call_for):
+    signature = aoti.Signature.from_call(captured_call, DYNAMIC_AXES)
+    kwargs = call_for(512, 256)
+    signature.check((), dict(reversed(list(kwargs.items()))))
+    with pytest.raises(ValueError, match="missing \\['guidance'\\]"):
+        signature.check((), {k: v for k, v in kwargs.items() if k != "guidance"})

@@ -1,0 +1,132 @@
+"""A cache of compiled programs, keyed by a fingerprint of everything that can invalidate them.
+
+Layout: `<folder>/<key>/entry.json` (the fingerprint, readable) and `program-<i>/` (see artifact.py).
+Entries are written under a temporary name and renamed into place, so concurrent startups never
+see half an entry; a damaged entry is reported, removed and compiled again. Optionally the same
+entries are pulled from and pushed to a Hugging Face Hub repository. Weights are never stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import artifact
+from .program import CompiledProgram
+
+log = logging.getLogger(__name__)
+ENTRY_FILE = "entry.json"
+
+
+def environment(device: str) -> dict[str, Any]:
+    """The parts of a fingerprint that describe this machine's compiler target."""
+    env: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version()}
+    if device.startswith("cuda"):
+        env.update(cuda=torch.version.cuda, gpu=torch.cuda.get_device_name(), capability=list(torch.cuda.get_device_capability()))
+    else:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa  # compiled CPU code targets this ISA
+
+        env.update(machine=platform.machine(), cpu_isa=str(pick_vec_isa()))
+    return env
+
+
+def key_of(fingerprint: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+class ProgramCache:
+    def __init__(self, folder: str | os.PathLike, hub_repo: str = "", token: str | None = None):
+        self.folder = Path(folder)
+        self.hub_repo = hub_repo
+        self.token = token
+
+    def load(self, fingerprint: Mapping[str, Any]) -> list[CompiledProgram] | None:
+        """The programs stored for this fingerprint, or None (with one log line saying why)."""
+        key = key_of(fingerprint)
+        entry = self.folder / key
+        if not entry.exists() and self.hub_repo:
+            self._pull(key)
+        if not entry.exists():
+            log.info("no compiled program cached for this setup in %s%s; compiling", self.folder, self._nearest(fingerprint))
+            return None
+        try:
+            manifest = json.loads((entry / ENTRY_FILE).read_text())
+            if manifest.get("fingerprint") != json.loads(json.dumps(fingerprint, default=str)):
+                raise artifact.ArtifactError("its fingerprint does not match its key")
+            return [artifact.load(entry / f"program-{i}") for i in range(int(manifest["programs"]))]
+        except (artifact.ArtifactError, OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("rejected the cached program %s (%s); removing it and compiling again", entry, error)
+            shutil.rmtree(entry, ignore_errors=True)
+            return None
+
+    def store(self, fingerprint: Mapping[str, Any], programs: Sequence[CompiledProgram]) -> Path:
+        """Save the programs for this fingerprint; a concurrent writer's identical entry wins."""
+        key = key_of(fingerprint)
+        entry = self.folder / key
+        self.folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=f".{key}."))
+        try:
+            for i, program in enumerate(programs):
+                artifact.save(program, staging / f"program-{i}")
+            manifest = {"fingerprint": fingerprint, "programs": len(programs)}
+            (staging / ENTRY_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+            os.rename(staging, entry)  # atomic; fails if another process got there first
+        except OSError:
+            if not entry.exists():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        if self.hub_repo and self.token:
+            self._push(key)
+        return entry
+
+    def _nearest(self, fingerprint: Mapping[str, Any]) -> str:
+        """Which fields differ from the closest cached entry, so a miss says why."""
+        best: list[str] | None = None
+        for path in self.folder.glob(f"*/{ENTRY_FILE}"):
+            try:
+                cached = json.loads(path.read_text())["fingerprint"]
+            except (OSError, ValueError, KeyError):
+                continue
+            current = json.loads(json.dumps(fingerprint, default=str))
+            differ = sorted(k for k in set(cached) | set(current) if cached.get(k) != current.get(k))
+            if best is None or len(differ) < len(best):
+                best = differ
+        return f" (the closest cached one differs in: {', '.join(best)})" if best else ""
+
+    def _pull(self, key: str) -> None:
+        from huggingface_hub import snapshot_download
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=f".{key}.pull."))
+        try:
+            snapshot_download(self.hub_repo, allow_patterns=[f"{key}/*"], local_dir=staging, token=self.token)
+            if (staging / key / ENTRY_FILE).exists():
+                os.rename(staging / key, self.folder / key)
+                log.info("pulled the compiled program %s from %s", key, self.hub_repo)
+        except Exception as error:  # offline, no such repo, no access: compile locally instead
+            log.warning("could not pull %s from %s: %s: %s", key, self.hub_repo, type(error).__name__, error)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _push(self, key: str) -> None:
+        from huggingface_hub import HfApi
+
+        try:
+            api = HfApi(token=self.token)
+            api.create_repo(self.hub_repo, private=True, exist_ok=True)
+            api.upload_folder(repo_id=self.hub_repo, folder_path=self.folder / key, path_in_repo=key,
+                              commit_message=f"Add compiled program {key}")
+            log.info("pushed the compiled program %s to %s", key, self.hub_repo)
+        except Exception as error:  # read-only token, no network: the local copy still serves
+            log.warning("could not push %s to %s: %s: %s", key, self.hub_repo, type(error).__name__, error)

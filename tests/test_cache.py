@@ -1,0 +1,144 @@
+"""The compiled-program cache: hits, misses that say why, damaged entries, concurrency, the Hub."""
+
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+
+import huggingface_hub
+import pytest
+
+import aoti
+from aoti.cache import ENTRY_FILE, key_of
+from conftest import ROOT
+
+FINGERPRINT = {"model": "tiny", "torch": "2.13.0", "gpu": "none", "static_sizes": [[256, 256]]}
+
+
+def test_stored_programs_load_back(compiled_program, tmp_path):
+    cache = aoti.ProgramCache(tmp_path)
+    entry = cache.store(FINGERPRINT, [compiled_program, compiled_program])
+    assert entry.name == key_of(FINGERPRINT)
+    assert cache.load(dict(FINGERPRINT)) == [compiled_program, compiled_program]
+    assert [p.name for p in tmp_path.iterdir()] == [entry.name]  # no staging folders left
+
+
+def test_a_miss_says_which_fields_differ(compiled_program, tmp_path, caplog):
+    cache = aoti.ProgramCache(tmp_path)
+    cache.store(FINGERPRINT, [compiled_program])
+    with caplog.at_level(logging.INFO, logger="aoti.cache"):
+        assert cache.load({**FINGERPRINT, "torch": "2.14.0", "gpu": "NVIDIA H200"}) is None
+    assert "differs in: gpu, torch" in caplog.text
+
+
+def flip_package_byte(entry):
+    package = entry / "program-0" / "program.pt2"
+    data = bytearray(package.read_bytes())
+    data[100] ^= 1
+    package.write_bytes(bytes(data))
+
+
+def truncate_package(entry):
+    package = entry / "program-0" / "program.pt2"
+    package.write_bytes(package.read_bytes()[:50])
+
+
+def swap_fingerprint(entry):
+    manifest = json.loads((entry / ENTRY_FILE).read_text())
+    manifest["fingerprint"]["gpu"] = "another card"  # an entry made for another card, renamed into place
+    (entry / ENTRY_FILE).write_text(json.dumps(manifest))
+
+
+def break_entry_json(entry):
+    (entry / ENTRY_FILE).write_text("{")
+
+
+def drop_a_program(entry):
+    shutil.rmtree(entry / "program-0")
+
+
+@pytest.mark.parametrize("damage", [flip_package_byte, truncate_package, swap_fingerprint, break_entry_json, drop_a_program])
+def test_a_damaged_entry_is_rejected_removed_and_replaceable(compiled_program, tmp_path, caplog, damage):
+    cache = aoti.ProgramCache(tmp_path)
+    entry = cache.store(FINGERPRINT, [compiled_program])
+    damage(entry)
+    with caplog.at_level(logging.WARNING, logger="aoti.cache"):
+        assert cache.load(FINGERPRINT) is None
+    assert "rejected the cached program" in caplog.text and not entry.exists()
+    cache.store(FINGERPRINT, [compiled_program])
+    assert cache.load(FINGERPRINT) == [compiled_program]
+
+
+def store_in_child(folder, program):
+    aoti.ProgramCache(folder).store(FINGERPRINT, [program])
+
+
+def test_concurrent_writers_leave_one_valid_entry(compiled_program, tmp_path):
+    context = multiprocessing.get_context("fork")
+    writers = [context.Process(target=store_in_child, args=(tmp_path, compiled_program)) for _ in range(4)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+        assert writer.exitcode == 0
+    assert aoti.ProgramCache(tmp_path).load(FINGERPRINT) == [compiled_program]
+    assert [p.name for p in tmp_path.iterdir()] == [key_of(FINGERPRINT)]
+
+
+@pytest.fixture()
+def local_hub(tmp_path, monkeypatch):
+    """A folder standing in for a Hub model repo: the real pull/push code runs against it."""
+    hub = tmp_path / "hub"
+    hub.mkdir()
+
+    def snapshot_download(repo_id, allow_patterns, local_dir, token=None):
+        prefix = allow_patterns[0].removesuffix("/*")
+        if (hub / repo_id / prefix).exists():
+            shutil.copytree(hub / repo_id / prefix, os.path.join(local_dir, prefix))
+        return str(local_dir)
+
+    class HfApi:
+        def __init__(self, token=None):
+            assert token == "write-token"
+
+        def create_repo(self, repo_id, private, exist_ok):
+            (hub / repo_id).mkdir(parents=True, exist_ok=True)
+
+        def upload_folder(self, repo_id, folder_path, path_in_repo, commit_message):
+            shutil.copytree(folder_path, hub / repo_id / path_in_repo)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    monkeypatch.setattr(huggingface_hub, "HfApi", HfApi)
+    return hub
+
+
+def test_programs_travel_through_the_hub_repo(compiled_program, tmp_path, local_hub):
+    aoti.ProgramCache(tmp_path / "machine-a", "me/flux-aoti", token="write-token").store(FINGERPRINT, [compiled_program])
+    assert (local_hub / "me/flux-aoti" / key_of(FINGERPRINT) / ENTRY_FILE).exists()
+    other_machine = aoti.ProgramCache(tmp_path / "machine-b", "me/flux-aoti")
+    assert other_machine.load(FINGERPRINT) == [compiled_program]
+    assert (tmp_path / "machine-b" / key_of(FINGERPRINT)).is_dir()  # kept locally for the next start
+
+
+def test_an_unreachable_hub_means_compiling_locally(tmp_path, monkeypatch, caplog):
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with caplog.at_level(logging.WARNING, logger="aoti.cache"):
+        assert aoti.ProgramCache(tmp_path, "me/flux-aoti").load(FINGERPRINT) is None
+    assert "could not pull" in caplog.text
+
+
+STARTUP = "import app; print('CACHED', app.report.cached, 'STATUS', app.STATUS)"
+
+
+def test_the_second_start_of_the_app_loads_instead_of_compiling(app):
+    assert not app.report.cached  # the first start, in this test process, compiled and stored
+    second = subprocess.run([sys.executable, "-c", STARTUP], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "CACHED True" in second.stdout and "loaded from cache in" in second.stdout
+    assert "no compiled program cached" not in second.stderr
