@@ -93,3 +93,11 @@ def test_long_prompt_warns_that_it_is_cut(app, monkeypatch):
     image, _ = app.infer("many words " * 300, 1, False, 256, 256, 3.5, 1)
     assert image.size == (256, 256)
     assert len(warnings) == 1 and "only the first 512 are used" in warnings[0]
+
+
+def test_zerogpu_duration_grows_with_work_and_never_fails(app):
+    small = app.gpu_seconds("p", 0, False, 512, 512, 3.5, 4)
+    default = app.gpu_seconds("p", 0, False, 1024, 1024, 3.5, 28)
+    large = app.gpu_seconds("p", 0, False, 2048, 2048, 3.5, 50)
+    assert 10 < small < default < large
+    assert app.gpu_seconds("p", "x", None, "wide", None, None, "many") == 10  # infer rejects it before any GPU work
