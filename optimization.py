@@ -25,6 +25,7 @@ import spaces
 import torch
 import torchao
 from diffusers import FluxPipeline
+from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Float8Tensor, PerRow, PerTensor, quantize_
 
 import aoti
 from attention import set_attention_backend
@@ -73,15 +74,11 @@ def fp8_unavailable(granularity: str) -> str | None:
 
 
 def is_fp8(module: torch.nn.Module) -> bool:
-    from torchao.quantization import Float8Tensor
-
     return any(isinstance(p, Float8Tensor) for p in module.parameters())
 
 
 def quantize_fp8_(module: torch.nn.Module, granularity: str) -> None:
     """Dynamic FP8 activations and FP8 weights for every linear layer (torchao)."""
-    from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
-
     scale = PerRow() if granularity == "row" else PerTensor()
     quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=scale))
 
@@ -125,6 +122,8 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         attention = set_attention_backend(transformer, config.attention_backend)
         unavailable = fp8_unavailable(config.fp8_granularity) if config.fp8 else "switched off (AOTI_FP8=0)"
         fp8 = unavailable is None
+        if not fp8:
+            log.info("FP8 off: %s; the transformer runs in %s", unavailable, dtype)
         cache = aoti.ProgramCache(config.cache_folder, config.hub_repo, os.environ.get("HF_TOKEN")) if config.cache else None
         key = fingerprint(pipeline, config, example_call, fp8, attention)
         if cache and (programs := cache.load(key)):
@@ -133,8 +132,6 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         calls.append(capture())
         if fp8:
             quantize_fp8_(transformer, config.fp8_granularity)
-        else:
-            log.info("FP8 off: %s; compiling the transformer in %s", unavailable, dtype)
         dynamic = [None] * (len(calls) - 1) + [DYNAMIC_AXES if config.dynamic else None]
         programs = [
             aoti.compile(aoti.export(transformer, call, axes), config.inductor_configs)

@@ -47,7 +47,7 @@ def test_fp8_quantize_export_compile_apply(monkeypatch):
     reference = generate(load_pipeline(torch.bfloat16))
     pipe = load_pipeline(torch.bfloat16)
     report = optimization.optimize_pipeline_(
-        pipe, OptimizationConfig(fp8_granularity="row"), prompt="example", width=512, height=512,
+        pipe, OptimizationConfig(fp8_granularity="row", cache=False), prompt="example", width=512, height=512,
         num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
     )
     assert report.fp8 and "FP8" in report.summary()

@@ -31,7 +31,7 @@ def test_compiled_pipeline_gives_the_eager_image(eager_images, caplog):
     pipe = load_pipeline()
     with caplog.at_level(logging.INFO, logger="optimization"):
         report = optimize_pipeline_(
-            pipe, OptimizationConfig(static_sizes="768x384"), prompt="example", width=512, height=512, num_inference_steps=1,
+            pipe, OptimizationConfig(static_sizes="768x384", cache=False), prompt="example", width=512, height=512, num_inference_steps=1,
             max_sequence_length=MAX_SEQUENCE_LENGTH,
         )
     # On CPU, FP8 (on by default) falls back to the model's dtype, saying so once.
@@ -47,7 +47,7 @@ def test_compiled_pipeline_gives_the_eager_image(eager_images, caplog):
 def test_aot_switched_off_leaves_the_pipeline_eager(eager_images):
     pipe = load_pipeline()
     forward = pipe.transformer.forward
-    report = optimize_pipeline_(pipe, OptimizationConfig(aot=False), prompt="unused")
+    report = optimize_pipeline_(pipe, OptimizationConfig(aot=False, cache=False), prompt="unused")
     assert not report.aot and "eagerly" in report.summary()
     assert pipe.transformer.forward == forward
     assert np.array_equal(generate(pipe, 512, 512), eager_images[(512, 512)])
