@@ -164,10 +164,11 @@ def infer(
 
 # UI ----------------------------------------------------------------------------------------------
 
+# Each example carries its settings: a fixed seed (reproducible) and a size that suits the prompt.
 EXAMPLES = [
-    "a tiny astronaut hatching from an egg on the moon",
-    "a cat holding a sign that says hello world",
-    "an anime illustration of a wiener schnitzel",
+    ["a tiny astronaut hatching from an egg on the moon", 42, False, 1024, 1024],
+    ["a cat holding a sign that says hello world", 7, False, 1024, 768],
+    ["a lighthouse on a cliff at dusk, tall vertical poster", 3, False, 768, 1344],
 ]
 CSS = "#col-container { margin: 0 auto; max-width: 640px; }"
 
@@ -192,7 +193,14 @@ with gr.Blocks(title="FLUX, AoT-compiled") as demo:
             with gr.Row():
                 guidance_scale = gr.Slider(label="Guidance scale", minimum=GUIDANCE_RANGE[0], maximum=GUIDANCE_RANGE[1], step=0.1, value=CONFIG.default_guidance)
                 num_inference_steps = gr.Slider(label="Steps", minimum=1, maximum=CONFIG.max_steps, step=1, value=CONFIG.default_steps)
-        gr.Examples(examples=EXAMPLES, fn=infer, inputs=[prompt], outputs=[result, seed], cache_examples=True, cache_mode="lazy")
+        gr.Examples(
+            examples=[row + [CONFIG.default_guidance, CONFIG.default_steps] for row in EXAMPLES],
+            fn=infer,
+            inputs=[prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps],
+            outputs=[result, seed],
+            cache_examples=True,
+            cache_mode="lazy",  # generated on first click, never at startup
+        )
     gr.on(
         triggers=[run_button.click, prompt.submit],
         fn=infer,
