@@ -198,6 +198,7 @@ with gr.Blocks(title="FLUX, AoT-compiled") as demo:
             fn=infer,
             inputs=[prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps],
             outputs=[result, seed],
+            example_labels=[row[0] for row in EXAMPLES],  # show the prompts; the settings come along
             cache_examples=True,
             cache_mode="lazy",  # generated on first click, never at startup
         )
