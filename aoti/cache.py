@@ -44,6 +44,11 @@ def key_of(fingerprint: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(fingerprint, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def _as_stored(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    # What the fingerprint reads as after a JSON round trip (tuples become lists, ...).
+    return json.loads(json.dumps(fingerprint, default=str))
+
+
 class ProgramCache:
     def __init__(self, folder: str | os.PathLike, hub_repo: str = "", token: str | None = None):
         self.folder = Path(folder)
@@ -61,7 +66,7 @@ class ProgramCache:
             return None
         try:
             manifest = json.loads((entry / ENTRY_FILE).read_text())
-            if manifest.get("fingerprint") != json.loads(json.dumps(fingerprint, default=str)):
+            if manifest.get("fingerprint") != _as_stored(fingerprint):
                 raise artifact.ArtifactError("its fingerprint does not match its key")
             return [artifact.load(entry / f"program-{i}") for i in range(int(manifest["programs"]))]
         except (artifact.ArtifactError, OSError, ValueError, KeyError, TypeError) as error:
@@ -93,12 +98,12 @@ class ProgramCache:
     def _nearest(self, fingerprint: Mapping[str, Any]) -> str:
         """Which fields differ from the closest cached entry, so a miss says why."""
         best: list[str] | None = None
+        current = _as_stored(fingerprint)
         for path in self.folder.glob(f"*/{ENTRY_FILE}"):
             try:
                 cached = json.loads(path.read_text())["fingerprint"]
             except (OSError, ValueError, KeyError):
                 continue
-            current = json.loads(json.dumps(fingerprint, default=str))
             differ = sorted(k for k in set(cached) | set(current) if cached.get(k) != current.get(k))
             if best is None or len(differ) < len(best):
                 best = differ

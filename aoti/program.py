@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .signature import Signature, TensorSpec
+from .signature import Signature
 from .toolchain import check_package
 
 
@@ -23,10 +23,6 @@ class CompiledProgram:
     signature: Signature
     weight_names: tuple[str, ...]  # constants to bind, by fully qualified name
     compile_seconds: float = 0.0
-
-    @property
-    def device_type(self) -> str:
-        return next(spec.device_type for _, spec in self.signature.leaves if isinstance(spec, TensorSpec))
 
     def load(self, weights: Mapping[str, torch.Tensor]) -> torch._inductor.package.package.AOTICompiledModel:
         """Load the package in this process and bind `weights` without copying them.

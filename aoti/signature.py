@@ -7,6 +7,7 @@ A `Signature` records what the program was built for and turns any other call in
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -85,9 +86,8 @@ class Signature:
     def check(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Raise ValueError unless the program was compiled for exactly this kind of call."""
         flat, spec = pytree.tree_flatten_with_path((args, self._in_captured_order(kwargs)))
-        if pytree.treespec_dumps(spec) != self.treespec:
-            expected = pytree.treespec_loads(self.treespec)
-            raise ValueError(f"the call's arguments do not match the compiled call: expected {expected}, got {spec}")
+        if spec != self._treespec:
+            raise ValueError(f"the call's arguments do not match the compiled call: expected {self._treespec}, got {spec}")
         sizes: dict[str, tuple[int, str]] = {}
         ranges = {dim.name: dim for dim in self.dims}
         for (path, value), (key, expected) in zip(flat, self.leaves, strict=True):
@@ -123,9 +123,14 @@ class Signature:
                         f"inconsistent {want!r}: {seen[1]} has {seen[0]}, {key} axis {axis} has {size}"
                     )
 
+    @functools.cached_property
+    def _treespec(self) -> pytree.TreeSpec:
+        # Parsed once: `check` runs before every denoising step.
+        return pytree.treespec_loads(self.treespec)
+
     def _in_captured_order(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         # Keyword order is not part of a call: compare in the order the program was captured with.
-        captured = pytree.treespec_loads(self.treespec).child(1).context
+        captured = self._treespec.child(1).context
         if set(kwargs) != set(captured):
             missing, extra = sorted(set(captured) - set(kwargs)), sorted(set(kwargs) - set(captured))
             raise ValueError(f"the call's keywords do not match the compiled call: missing {missing}, unexpected {extra}")
