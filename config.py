@@ -38,6 +38,8 @@ class OptimizationConfig:
     fp8: bool = field(default=True, metadata=env("AOTI_FP8"))  # only where the GPU has FP8 units
     fp8_granularity: str = field(default="row", metadata=env("AOTI_FP8_GRANULARITY"))  # "row" (sm90) or "tensor"
     dynamic: bool = field(default=True, metadata=env("AOTI_DYNAMIC"))  # off: only the example's resolution
+    # Compile one block of each repeated kind and share it (minutes less compile); off: the whole transformer.
+    regional: bool = field(default=True, metadata=env("AOTI_REGIONAL"))
     attention_backend: str = field(default="auto", metadata=env("AOTI_ATTENTION"))  # "auto" or a diffusers backend name
     # Extra static graphs for these sizes ("1024x1024,1344x768"), sharing the weights with the dynamic graph.
     static_sizes: str = field(default="", metadata=env("AOTI_STATIC_SIZES"))

@@ -3,12 +3,14 @@
     optimize_pipeline_(pipe, OptimizationConfig(), prompt="a cat", width=1024, height=1024)
 
 1. pick the attention backend (FA3 or cuDNN on Hopper, see attention.py);
-2. capture the transformer's arguments from one real pipeline call (the transformer does not run);
-3. optionally quantize it to FP8 (torchao), decided on the GPU itself;
-4. export it with one dynamic image-sequence axis covering every UI resolution (plus, optionally,
+2. capture the transformer's arguments from one real pipeline call (the transformer does not run),
+   and, for regional compilation, those of the first block of each repeated kind;
+3. optionally quantize to FP8 (torchao), decided on the GPU itself;
+4. export with one dynamic image-sequence axis covering every UI resolution (plus, optionally,
    static graphs for chosen sizes);
 5. compile with AOTInductor into small packages without weights;
-6. patch them into the pipeline, bound to the transformer's own weights (one copy in memory).
+6. patch them into the pipeline, bound to the transformer's own weights (one copy in memory):
+   the whole transformer, or every block of a kind sharing that kind's program.
 Steps 1-5 run inside a `@spaces.GPU` function: on ZeroGPU that is the only place with a real GPU.
 """
 
@@ -29,13 +31,15 @@ from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Floa
 
 import aoti
 from attention import set_attention_backend
-from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, OptimizationConfig
+from config import MAX_SEQUENCE_LENGTH, MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, OptimizationConfig
 
 log = logging.getLogger(__name__)
 
 # FLUX's image tokens: the only axes that change with the resolution.
 IMAGE_SEQ = aoti.Dim("image_seq", (MIN_SIZE // PIXELS_PER_TOKEN) ** 2, (MAX_SIZE // PIXELS_PER_TOKEN) ** 2)
 DYNAMIC_AXES = {"hidden_states": {1: IMAGE_SEQ}, "img_ids": {0: IMAGE_SEQ}}
+# A block's call: the rotary table spans the (static) text tokens and the image tokens.
+BLOCK_AXES = {"hidden_states": {1: IMAGE_SEQ}, "image_rotary_emb": {0: IMAGE_SEQ + MAX_SEQUENCE_LENGTH}}
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,8 @@ class OptimizationReport:
     fp8: bool
     dtype: str
     attention: str
-    graphs: int  # compiled programs: static ones plus the dynamic one
+    regional: bool  # one program per repeated block kind instead of one for the transformer
+    graphs: int  # graphs per compiled module: static ones plus the dynamic one
     cached: bool  # loaded from the program cache instead of compiled
     seconds: float  # capture + quantize + export + compile, or the cache load
     package_mb: float
@@ -54,8 +59,9 @@ class OptimizationReport:
             return f"transformer runs eagerly ({self.dtype}, attention: {self.attention})"
         precision = "FP8" if self.fp8 else self.dtype
         graphs = f"{self.graphs} graphs" if self.graphs > 1 else "one graph for all sizes"
+        scope = "per repeated block" if self.regional else "whole transformer"
         return (
-            f"transformer AoT-compiled ({precision}, attention: {self.attention}, {graphs}), "
+            f"transformer AoT-compiled ({precision}, attention: {self.attention}, {scope}, {graphs}), "
             f"{'loaded from cache' if self.cached else 'compiled'} in {self.seconds:.1f} s, "
             f"package {self.package_mb:.1f} MB"
         )
@@ -83,6 +89,20 @@ def quantize_fp8_(module: torch.nn.Module, granularity: str) -> None:
     quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=scale))
 
 
+def compiled_modules(transformer: torch.nn.Module, regional: bool) -> dict[str, list[torch.nn.Module]]:
+    """What gets compiled, by kind: the transformer, or each kind of repeated block (FLUX: 19 + 38).
+
+    In regional mode the rest (embedders, final norm) stays eager and in bf16: under 1% of the
+    FLOPs, and eager FP8 would be slower than bf16 there.
+    """
+    if not regional:
+        return {"transformer": [transformer]}
+    kinds = getattr(transformer, "_repeated_blocks", None)
+    if not kinds:
+        raise ValueError(f"{type(transformer).__name__} declares no _repeated_blocks: use regional=False")
+    return {kind: [m for m in transformer.modules() if type(m).__name__ == kind] for kind in kinds}
+
+
 def fingerprint(pipeline: FluxPipeline, config: OptimizationConfig, example_call: dict, fp8: bool, attention: str) -> dict:
     """Everything a compiled transformer depends on; its weights' values are not among them."""
     transformer = pipeline.transformer
@@ -93,6 +113,7 @@ def fingerprint(pipeline: FluxPipeline, config: OptimizationConfig, example_call
         "fp8": config.fp8_granularity if fp8 else None,
         "attention": attention,
         "dynamic": config.dynamic,
+        "regional": config.regional,
         "static_sizes": config.static_resolutions,
         "inductor_configs": dict(config.inductor_configs),
         "example_call": {k: v for k, v in example_call.items() if isinstance(v, (int, float, str, bool))},
@@ -109,15 +130,23 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
     if not config.aot:
         attention = set_attention_backend(transformer, config.attention_backend)
         log.info("AoT compilation is off (AOTI=0): the transformer runs eagerly")
-        return OptimizationReport(False, False, dtype, attention, 0, False, 0.0, 0.0)
+        return OptimizationReport(False, False, dtype, attention, False, 0, False, 0.0, 0.0)
+    targets = compiled_modules(transformer, config.regional)
 
     def capture(**size: int) -> aoti.CapturedCall:
         with aoti.capture(transformer) as call:
             pipeline(**{**example_call, **size})
         return call
 
+    def capture_module(module: torch.nn.Module, call: aoti.CapturedCall) -> aoti.CapturedCall:
+        if module is transformer:
+            return call
+        with aoti.capture(module) as inner, torch.no_grad():
+            transformer(*call.args, **call.kwargs)  # runs eagerly up to the module's first call
+        return inner
+
     @spaces.GPU(duration=1500)  # a full FLUX.1-dev compile takes minutes
-    def compile_transformer() -> tuple[list[aoti.CompiledProgram], bool, str, bool]:
+    def compile_transformer() -> tuple[dict[str, list[aoti.CompiledProgram]], bool, str, bool]:
         # Hardware decisions are made here, where the real card is visible.
         attention = set_attention_backend(transformer, config.attention_backend)
         unavailable = fp8_unavailable(config.fp8_granularity) if config.fp8 else "switched off (AOTI_FP8=0)"
@@ -128,28 +157,38 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         key = fingerprint(pipeline, config, example_call, fp8, attention)
         if cache and (programs := cache.load(key)):
             return programs, fp8, attention, True
-        calls = [capture(width=w, height=h) for w, h in config.static_resolutions]  # static graphs first
-        calls.append(capture())
+        sizes = [dict(width=w, height=h) for w, h in config.static_resolutions] + [{}]  # static graphs first
+        transformer_calls = [capture(**size) for size in sizes]
+        axes = BLOCK_AXES if config.regional else DYNAMIC_AXES
+        dynamic = [None] * (len(sizes) - 1) + [axes if config.dynamic else None]
+        calls = {kind: [capture_module(modules[0], call) for call in transformer_calls] for kind, modules in targets.items()}
         if fp8:
-            quantize_fp8_(transformer, config.fp8_granularity)
-        dynamic = [None] * (len(calls) - 1) + [DYNAMIC_AXES if config.dynamic else None]
-        programs = [
-            aoti.compile(aoti.export(transformer, call, axes), config.inductor_configs)
-            for call, axes in zip(calls, dynamic)
-        ]
+            for modules in targets.values():
+                for module in modules:
+                    quantize_fp8_(module, config.fp8_granularity)
+        programs = {
+            kind: [
+                aoti.compile(aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional), config.inductor_configs)
+                for call, dims in zip(kind_calls, dynamic)
+            ]
+            for kind, kind_calls in calls.items()
+        }
         if cache:
             cache.store(key, programs)
         return programs, fp8, attention, False
 
     start = time.perf_counter()
     programs, fp8, attention, cached = compile_transformer()
-    if fp8 and not is_fp8(transformer):
-        # Loaded from the cache, or compiled in ZeroGPU's forked worker: quantize this copy the same way.
-        quantize_fp8_(transformer, config.fp8_granularity)
-    aoti.apply(transformer, programs)
-    package_mb = sum(len(p.package) for p in programs) / 1e6
+    for kind, modules in targets.items():
+        if fp8 and not is_fp8(modules[0]):
+            # Loaded from the cache, or compiled in ZeroGPU's forked worker: quantize this copy the same way.
+            for module in modules:
+                quantize_fp8_(module, config.fp8_granularity)
+        aoti.apply(modules if config.regional else modules[0], programs[kind])
+    package_mb = sum(len(p.package) for group in programs.values() for p in group) / 1e6
     report = OptimizationReport(
-        True, fp8, dtype, attention, len(programs), cached, time.perf_counter() - start, package_mb
+        True, fp8, dtype, attention, config.regional, len(config.static_resolutions) + 1, cached,
+        time.perf_counter() - start, package_mb,
     )
     log.info("%s", report.summary())
     return report

@@ -37,6 +37,7 @@ def save(program: CompiledProgram, folder: str | os.PathLike) -> Path:
         "signature": program.signature.to_json(),
         "weight_names": list(program.weight_names),
         "compile_seconds": program.compile_seconds,
+        "weights_as_inputs": program.weights_as_inputs,
         "torch": torch.__version__,
     }
     _write_atomic(folder / PACKAGE_FILE, program.package)
@@ -63,7 +64,10 @@ def load(folder: str | os.PathLike) -> CompiledProgram:
         weight_names = tuple(manifest["weight_names"])
     except (KeyError, TypeError, ValueError) as error:
         raise ArtifactError(f"{folder / MANIFEST_FILE} is malformed: {error}") from error
-    return CompiledProgram(package, signature, weight_names, float(manifest.get("compile_seconds", 0.0)))
+    return CompiledProgram(
+        package, signature, weight_names, float(manifest.get("compile_seconds", 0.0)),
+        bool(manifest.get("weights_as_inputs", False)),
+    )
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

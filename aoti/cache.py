@@ -1,6 +1,7 @@
 """A cache of compiled programs, keyed by a fingerprint of everything that can invalidate them.
 
-Layout: `<folder>/<key>/entry.json` (the fingerprint, readable) and `program-<i>/` (see artifact.py).
+Layout: `<folder>/<key>/entry.json` (the fingerprint, readable) and `<group>-<i>/` (see artifact.py),
+one group per compiled module kind (the transformer, or each repeated block).
 Entries are written under a temporary name and renamed into place, so concurrent startups never
 see half an entry; a damaged entry is reported, removed and compiled again. Optionally the same
 entries are pulled from and pushed to a Hugging Face Hub repository. Weights are never stored.
@@ -55,8 +56,8 @@ class ProgramCache:
         self.hub_repo = hub_repo
         self.token = token
 
-    def load(self, fingerprint: Mapping[str, Any]) -> list[CompiledProgram] | None:
-        """The programs stored for this fingerprint, or None (with one log line saying why)."""
+    def load(self, fingerprint: Mapping[str, Any]) -> dict[str, list[CompiledProgram]] | None:
+        """The programs stored for this fingerprint, by group, or None (with one log line saying why)."""
         key = key_of(fingerprint)
         entry = self.folder / key
         if not entry.exists() and self.hub_repo:
@@ -68,22 +69,31 @@ class ProgramCache:
             manifest = json.loads((entry / ENTRY_FILE).read_text())
             if manifest.get("fingerprint") != _as_stored(fingerprint):
                 raise artifact.ArtifactError("its fingerprint does not match its key")
-            return [artifact.load(entry / f"program-{i}") for i in range(int(manifest["programs"]))]
-        except (artifact.ArtifactError, OSError, ValueError, KeyError, TypeError) as error:
+            return {
+                group: [artifact.load(entry / f"{group}-{i}") for i in range(int(count))]
+                for group, count in manifest["programs"].items()
+            }
+        except (artifact.ArtifactError, OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             log.warning("rejected the cached program %s (%s); removing it and compiling again", entry, error)
             shutil.rmtree(entry, ignore_errors=True)
             return None
 
-    def store(self, fingerprint: Mapping[str, Any], programs: Sequence[CompiledProgram]) -> Path:
-        """Save the programs for this fingerprint; a concurrent writer's identical entry wins."""
+    def store(self, fingerprint: Mapping[str, Any], programs: Mapping[str, Sequence[CompiledProgram]]) -> Path:
+        """Save the programs for this fingerprint, by group (a name per compiled module kind).
+
+        A concurrent writer's identical entry wins.
+        """
         key = key_of(fingerprint)
         entry = self.folder / key
         self.folder.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=f".{key}."))
         try:
-            for i, program in enumerate(programs):
-                artifact.save(program, staging / f"program-{i}")
-            manifest = {"fingerprint": fingerprint, "programs": len(programs)}
+            for group, members in programs.items():
+                if not group.isidentifier():
+                    raise ValueError(f"program group names must be identifiers, got {group!r}")
+                for i, program in enumerate(members):
+                    artifact.save(program, staging / f"{group}-{i}")
+            manifest = {"fingerprint": fingerprint, "programs": {group: len(members) for group, members in programs.items()}}
             (staging / ENTRY_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
             os.rename(staging, entry)  # atomic; fails if another process got there first
         except OSError:

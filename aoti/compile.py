@@ -26,7 +26,6 @@ REQUIRED_INDUCTOR_CONFIGS = {
 def compile(exported: Exported, inductor_configs: Mapping[str, Any] | None = None) -> CompiledProgram:
     """Compile with AOTInductor; `inductor_configs` are torch._inductor.config options as data."""
     configs = {**(inductor_configs or {}), **REQUIRED_INDUCTOR_CONFIGS}
-    graph = exported.program.graph_signature
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="aoti-") as tmp:
         path = torch._inductor.aoti_compile_and_package(
@@ -37,6 +36,7 @@ def compile(exported: Exported, inductor_configs: Mapping[str, Any] | None = Non
     return CompiledProgram(
         package=package,
         signature=exported.signature,
-        weight_names=tuple(graph.parameters) + tuple(graph.buffers),
+        weight_names=exported.weight_names,
         compile_seconds=time.perf_counter() - start,
+        weights_as_inputs=exported.weights_as_inputs,
     )

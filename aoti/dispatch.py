@@ -12,28 +12,70 @@ import torch
 from .program import CompiledProgram
 
 
+class Runners:
+    """The loaded runners of some programs, made on first use in each process.
+
+    A runner must not cross a fork (ZeroGPU runs requests in forked workers), so it is reloaded
+    when the process id changes and dropped when pickled. Programs that bind their weights as
+    constants bind `constants`; programs that take their weights as inputs load once and serve
+    every module that shares this object (pickling keeps the sharing within one pickle).
+    """
+
+    def __init__(self, programs: Sequence[CompiledProgram], constants: Mapping[str, torch.Tensor] | None = None):
+        if not programs:
+            raise ValueError("no compiled program given")
+        if constants is None and not all(p.weights_as_inputs for p in programs):
+            raise ValueError("programs that bind their weights as constants need the weights to bind")
+        self.programs = tuple(programs)
+        self.constants = constants
+        self._loaded: dict[int, Any] = {}
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def __getitem__(self, index: int) -> Any:
+        with self._lock:
+            if self._pid != os.getpid():
+                self._loaded, self._pid = {}, os.getpid()
+            if index not in self._loaded:
+                program = self.programs[index]
+                self._loaded[index] = program.load(None if program.weights_as_inputs else self.constants)
+            return self._loaded[index]
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"programs": self.programs, "constants": self.constants}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["programs"], state["constants"])
+
+
 class CompiledForward:
     """Callable that replaces a module's forward with one or more compiled programs.
 
     Programs are tried in order (put static, per-shape programs before a dynamic one); the first
-    whose signature accepts the call runs. All of them bind the same weight tensors, the only
-    copy in memory. Runners load on first use in each process: a runner must not cross a fork
-    (ZeroGPU runs requests in forked workers), so it is reloaded when the process id changes
-    and dropped when pickled.
+    whose signature accepts the call runs, with this module's weights: the only copy in memory.
     """
 
-    def __init__(self, programs: Sequence[CompiledProgram], weights: Mapping[str, torch.Tensor]):
-        if not programs:
-            raise ValueError("no compiled program given")
-        self.programs = tuple(programs)
+    def __init__(self, runners: Runners, weights: Mapping[str, torch.Tensor]):
+        self.runners = runners
         self.weights = dict(weights)
-        self._runners: dict[int, Any] = {}
-        self._pid = os.getpid()
-        self._lock = threading.Lock()
+        # Per program: its weights argument, in the order it was exported with (None: bound at load).
+        self._inputs = [
+            {name: self.weights[name] for name in p.weight_names} if p.weights_as_inputs else None
+            for p in runners.programs
+        ]
+
+    @property
+    def programs(self) -> tuple[CompiledProgram, ...]:
+        return self.runners.programs
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         index = self.select(args, kwargs)
-        return self._runner(index)(*args, **kwargs)
+        runner = self.runners[index]
+        inputs = self._inputs[index]
+        if inputs is None:
+            return runner(*args, **kwargs)
+        # The runner flattens the kwargs dict as given: put it in the exported order.
+        return runner(inputs, args, self.programs[index].signature.in_captured_order(kwargs))
 
     def select(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
         """Index of the first program that accepts the call; the last program's ValueError otherwise."""
@@ -45,16 +87,8 @@ class CompiledForward:
                 rejection = error
         raise rejection
 
-    def _runner(self, index: int) -> Any:
-        with self._lock:
-            if self._pid != os.getpid():
-                self._runners, self._pid = {}, os.getpid()
-            if index not in self._runners:
-                self._runners[index] = self.programs[index].load(self.weights)
-            return self._runners[index]
-
     def __getstate__(self) -> dict[str, Any]:
-        return {"programs": self.programs, "weights": self.weights}
+        return {"runners": self.runners, "weights": self.weights}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["programs"], state["weights"])
+        self.__init__(state["runners"], state["weights"])

@@ -4,41 +4,72 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from .capture import CapturedCall
 from .signature import DynamicAxes, Signature
-from .weights import unwrapped_subclasses
+from .weights import named_weights, unwrapped_subclasses
 
 
 @dataclass(frozen=True)
 class Exported:
     program: torch.export.ExportedProgram
     signature: Signature
+    weight_names: tuple[str, ...]  # the constants to bind, or the keys of the weights argument
+    weights_as_inputs: bool = False  # the program's first argument is the weights, by name
 
 
-def export(module: torch.nn.Module, call: CapturedCall, dynamic: DynamicAxes | None = None) -> Exported:
+class _Stateless(torch.nn.Module):
+    """`module` with its weights passed in at every call instead of owned.
+
+    One such program serves many modules of the same structure (FLUX's 57 blocks), each
+    calling it with its own weights.
+    """
+
+    def __init__(self, module: torch.nn.Module):
+        super().__init__()
+        self._module = [module]  # in a list: not a submodule, so export lifts no parameters
+
+    def forward(self, weights: dict[str, torch.Tensor], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return torch.func.functional_call(self._module[0], weights, args, kwargs, strict=True)
+
+
+def export(
+    module: torch.nn.Module, call: CapturedCall, dynamic: DynamicAxes | None = None, *, weights_as_inputs: bool = False
+) -> Exported:
     """Export `module.forward` for calls like `call`, with `dynamic` axes free within their range.
 
     Every non-tensor argument (flags, None, empty dicts) is frozen into the graph; the returned
     signature makes a later call with another value fail instead of silently running this one.
+    With `weights_as_inputs`, the weights become the program's first argument instead of
+    constants bound at load time (see `_Stateless`).
     """
     if not call.captured:
         raise ValueError("the call has not been captured yet")
     signature = Signature.from_call(call, dynamic)
     arg_shapes, kwarg_shapes = signature.export_dynamic_shapes(call.args, call.kwargs)
-    # torch.export wants the specs keyed by parameter name, positional arguments included.
-    names = list(inspect.signature(module.forward).parameters)
-    dynamic_shapes = {**dict(zip(names, arg_shapes)), **kwarg_shapes}
     with unwrapped_subclasses(module):
-        program = torch.export.export(
-            module, tuple(call.args), dict(call.kwargs), dynamic_shapes=dynamic_shapes, strict=False
-        )
+        if weights_as_inputs:
+            weights = named_weights(module)
+            program = torch.export.export(
+                _Stateless(module), (weights, tuple(call.args), dict(call.kwargs)), strict=False,
+                dynamic_shapes={"weights": {name: None for name in weights}, "args": arg_shapes, "kwargs": kwarg_shapes},
+            )
+        else:
+            # torch.export wants the specs keyed by parameter name, positional arguments included.
+            names = list(inspect.signature(module.forward).parameters)
+            program = torch.export.export(
+                module, tuple(call.args), dict(call.kwargs), strict=False,
+                dynamic_shapes={**dict(zip(names, arg_shapes)), **kwarg_shapes},
+            )
     lifted = program.graph_signature.lifted_tensor_constants
     if lifted:
         # Such tensors are neither parameters nor buffers, so nothing could bind them later.
         raise ValueError(
             f"{type(module).__name__}.forward creates tensor constants {lifted[:3]}: register them as buffers"
         )
-    return Exported(program, signature)
+    graph = program.graph_signature
+    names = tuple(weights) if weights_as_inputs else tuple(graph.parameters) + tuple(graph.buffers)
+    return Exported(program, signature, names, weights_as_inputs)

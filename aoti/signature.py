@@ -7,8 +7,10 @@ A `Signature` records what the program was built for and turns any other call in
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,18 +26,35 @@ DynamicAxes = Mapping[str | int, Mapping[int, "Dim"]]
 
 @dataclass(frozen=True)
 class Dim:
-    """A named dynamic dimension with an inclusive range; axes that share a name share a size."""
+    """A named dynamic dimension with an inclusive range; axes that share a name share a size.
+
+    `dim + k` is an axis always k longer (FLUX's rotary table spans text + image tokens).
+    """
 
     name: str
     min: int
     max: int
+    offset: int = 0
 
     def __post_init__(self) -> None:
         if not 2 <= self.min <= self.max:
             raise ValueError(f"Dim {self.name}: need 2 <= min <= max, got {self.min}..{self.max}")
 
-    def to_export(self) -> torch.export.Dim:
-        return torch.export.Dim(self.name, min=self.min, max=self.max)
+    def __add__(self, offset: int) -> Dim:
+        return dataclasses.replace(self, offset=self.offset + offset)
+
+    @property
+    def base(self) -> Dim:
+        return dataclasses.replace(self, offset=0)
+
+    @property
+    def key(self) -> str:
+        """How a tensor spec names this axis: `name`, or `name+offset`."""
+        return f"{self.name}{self.offset:+d}" if self.offset else self.name
+
+    def to_export(self, export_dims: dict[str, torch.export.Dim]) -> Any:
+        base = export_dims.setdefault(self.name, torch.export.Dim(self.name, min=self.min, max=self.max))
+        return base + self.offset if self.offset else base
 
 
 @dataclass(frozen=True)
@@ -72,24 +91,24 @@ class Signature:
             axes = dynamic.get(_top_key(path), {})
             shape: list[int | str] = list(value.shape)
             for axis, dim in axes.items():
-                if dims.setdefault(dim.name, dim) != dim:
+                if dims.setdefault(dim.name, dim.base) != dim.base:
                     raise ValueError(f"two different Dims are named {dim.name!r}")
-                if not dim.min <= value.shape[axis] <= dim.max:
+                if not dim.min <= value.shape[axis] - dim.offset <= dim.max:
                     raise ValueError(f"{key} axis {axis} = {value.shape[axis]} is outside {dim}")
-                shape[axis] = dim.name
+                shape[axis] = dim.key
             leaves.append((key, TensorSpec(str(value.dtype).removeprefix("torch."), value.device.type, tuple(shape))))
         for name, axes in dynamic.items():
-            if not isinstance(named[name], torch.Tensor) and axes:
-                raise ValueError(f"dynamic axes given for {name!r}, which is not a tensor")
+            # Axes of a tuple argument (FLUX's rotary cos/sin) apply to each tensor in it.
+            if axes and not any(isinstance(leaf, torch.Tensor) for leaf in pytree.tree_leaves(named[name])):
+                raise ValueError(f"dynamic axes given for {name!r}, which holds no tensor")
         return cls(pytree.treespec_dumps(spec), tuple(leaves), tuple(dims.values()))
 
     def check(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
         """Raise ValueError unless the program was compiled for exactly this kind of call."""
-        flat, spec = pytree.tree_flatten_with_path((args, self._in_captured_order(kwargs)))
+        flat, spec = pytree.tree_flatten_with_path((args, self.in_captured_order(kwargs)))
         if spec != self._treespec:
             raise ValueError(f"the call's arguments do not match the compiled call: expected {self._treespec}, got {spec}")
         sizes: dict[str, tuple[int, str]] = {}
-        ranges = {dim.name: dim for dim in self.dims}
         for (path, value), (key, expected) in zip(flat, self.leaves, strict=True):
             if not isinstance(expected, TensorSpec):
                 if isinstance(value, torch.Tensor) or value != expected:
@@ -112,15 +131,17 @@ class Signature:
                     if size != want:
                         raise ValueError(f"{key} has shape {tuple(value.shape)}, the program expects {expected.shape}")
                     continue
-                dim = ranges[want]
-                if not dim.min <= size <= dim.max:
+                dim = self._axes[want]
+                if not dim.min <= size - dim.offset <= dim.max:
                     raise ValueError(
-                        f"{key} axis {axis} = {size} is outside the compiled range {dim.min}..{dim.max} of {dim.name!r}"
+                        f"{key} axis {axis} = {size} is outside the compiled range "
+                        f"{dim.min + dim.offset}..{dim.max + dim.offset} of {dim.key!r}"
                     )
-                seen = sizes.setdefault(want, (size, key))
-                if seen[0] != size:
+                seen = sizes.setdefault(dim.name, (size - dim.offset, key))
+                if seen[0] != size - dim.offset:
                     raise ValueError(
-                        f"inconsistent {want!r}: {seen[1]} has {seen[0]}, {key} axis {axis} has {size}"
+                        f"inconsistent {dim.name!r}: {seen[1]} gives {seen[0]}, {key} axis {axis} "
+                        f"({dim.key}) gives {size - dim.offset}"
                     )
 
     @functools.cached_property
@@ -128,8 +149,20 @@ class Signature:
         # Parsed once: `check` runs before every denoising step.
         return pytree.treespec_loads(self.treespec)
 
-    def _in_captured_order(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        # Keyword order is not part of a call: compare in the order the program was captured with.
+    @functools.cached_property
+    def _axes(self) -> dict[str, Dim]:
+        # Axis names in tensor specs ("image_seq", "image_seq+512") -> the Dim they stand for.
+        bases = {dim.name: dim for dim in self.dims}
+        axes = {}
+        for _, spec in self.leaves:
+            for name in spec.shape if isinstance(spec, TensorSpec) else ():
+                if isinstance(name, str):
+                    base, offset = re.fullmatch(r"(.+?)([+-]\d+)?", name).groups()
+                    axes[name] = bases[base] + int(offset or 0)
+        return axes
+
+    def in_captured_order(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """`kwargs` in the order the program was captured with: keyword order is not part of a call."""
         captured = self._treespec.child(1).context
         if set(kwargs) != set(captured):
             missing, extra = sorted(set(captured) - set(kwargs)), sorted(set(kwargs) - set(captured))
@@ -138,14 +171,16 @@ class Signature:
 
     def export_dynamic_shapes(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
         """The `dynamic_shapes` argument of torch.export for this call, mirroring its tree."""
-        export_dims = {dim.name: dim.to_export() for dim in self.dims}
+        export_dims: dict[str, torch.export.Dim] = {}
         specs = iter(spec for _, spec in self.leaves)
 
         def leaf(value: Any) -> Any:
             spec = next(specs)
             if not isinstance(spec, TensorSpec):
                 return None
-            return {axis: export_dims[s] for axis, s in enumerate(spec.shape) if isinstance(s, str)} or None
+            return {
+                axis: self._axes[s].to_export(export_dims) for axis, s in enumerate(spec.shape) if isinstance(s, str)
+            } or None
 
         return pytree.tree_map(leaf, (tuple(args), dict(kwargs)))
 

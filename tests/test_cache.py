@@ -20,29 +20,35 @@ FINGERPRINT = {"model": "tiny", "torch": "2.13.0", "gpu": "none", "static_sizes"
 
 def test_stored_programs_load_back(compiled_program, tmp_path):
     cache = aoti.ProgramCache(tmp_path)
-    entry = cache.store(FINGERPRINT, [compiled_program, compiled_program])
+    entry = cache.store(FINGERPRINT, {"transformer": [compiled_program], "Block": [compiled_program, compiled_program]})
     assert entry.name == key_of(FINGERPRINT)
-    assert cache.load(dict(FINGERPRINT)) == [compiled_program, compiled_program]
+    assert cache.load(dict(FINGERPRINT)) == {"transformer": [compiled_program], "Block": [compiled_program, compiled_program]}
     assert [p.name for p in tmp_path.iterdir()] == [entry.name]  # no staging folders left
+
+
+def test_group_names_must_be_safe_folder_names(compiled_program, tmp_path):
+    with pytest.raises(ValueError, match="identifiers"):
+        aoti.ProgramCache(tmp_path).store(FINGERPRINT, {"../escape": [compiled_program]})
+    assert list(tmp_path.iterdir()) == []  # the staging folder is gone too
 
 
 def test_a_miss_says_which_fields_differ(compiled_program, tmp_path, caplog):
     cache = aoti.ProgramCache(tmp_path)
-    cache.store(FINGERPRINT, [compiled_program])
+    cache.store(FINGERPRINT, {"transformer": [compiled_program]})
     with caplog.at_level(logging.INFO, logger="aoti.cache"):
         assert cache.load({**FINGERPRINT, "torch": "2.14.0", "gpu": "NVIDIA H200"}) is None
     assert "differs in: gpu, torch" in caplog.text
 
 
 def flip_package_byte(entry):
-    package = entry / "program-0" / "program.pt2"
+    package = entry / "transformer-0" / "program.pt2"
     data = bytearray(package.read_bytes())
     data[100] ^= 1
     package.write_bytes(bytes(data))
 
 
 def truncate_package(entry):
-    package = entry / "program-0" / "program.pt2"
+    package = entry / "transformer-0" / "program.pt2"
     package.write_bytes(package.read_bytes()[:50])
 
 
@@ -57,23 +63,23 @@ def break_entry_json(entry):
 
 
 def drop_a_program(entry):
-    shutil.rmtree(entry / "program-0")
+    shutil.rmtree(entry / "transformer-0")
 
 
 @pytest.mark.parametrize("damage", [flip_package_byte, truncate_package, swap_fingerprint, break_entry_json, drop_a_program])
 def test_a_damaged_entry_is_rejected_removed_and_replaceable(compiled_program, tmp_path, caplog, damage):
     cache = aoti.ProgramCache(tmp_path)
-    entry = cache.store(FINGERPRINT, [compiled_program])
+    entry = cache.store(FINGERPRINT, {"transformer": [compiled_program]})
     damage(entry)
     with caplog.at_level(logging.WARNING, logger="aoti.cache"):
         assert cache.load(FINGERPRINT) is None
     assert "rejected the cached program" in caplog.text and not entry.exists()
-    cache.store(FINGERPRINT, [compiled_program])
-    assert cache.load(FINGERPRINT) == [compiled_program]
+    cache.store(FINGERPRINT, {"transformer": [compiled_program]})
+    assert cache.load(FINGERPRINT) == {"transformer": [compiled_program]}
 
 
 def store_in_child(folder, program):
-    aoti.ProgramCache(folder).store(FINGERPRINT, [program])
+    aoti.ProgramCache(folder).store(FINGERPRINT, {"transformer": [program]})
 
 
 def test_concurrent_writers_leave_one_valid_entry(compiled_program, tmp_path):
@@ -84,7 +90,7 @@ def test_concurrent_writers_leave_one_valid_entry(compiled_program, tmp_path):
     for writer in writers:
         writer.join(timeout=120)
         assert writer.exitcode == 0
-    assert aoti.ProgramCache(tmp_path).load(FINGERPRINT) == [compiled_program]
+    assert aoti.ProgramCache(tmp_path).load(FINGERPRINT) == {"transformer": [compiled_program]}
     assert [p.name for p in tmp_path.iterdir()] == [key_of(FINGERPRINT)]
 
 
@@ -116,10 +122,10 @@ def local_hub(tmp_path, monkeypatch):
 
 
 def test_programs_travel_through_the_hub_repo(compiled_program, tmp_path, local_hub):
-    aoti.ProgramCache(tmp_path / "machine-a", "me/flux-aoti", token="write-token").store(FINGERPRINT, [compiled_program])
+    aoti.ProgramCache(tmp_path / "machine-a", "me/flux-aoti", token="write-token").store(FINGERPRINT, {"transformer": [compiled_program]})
     assert (local_hub / "me/flux-aoti" / key_of(FINGERPRINT) / ENTRY_FILE).exists()
     other_machine = aoti.ProgramCache(tmp_path / "machine-b", "me/flux-aoti")
-    assert other_machine.load(FINGERPRINT) == [compiled_program]
+    assert other_machine.load(FINGERPRINT) == {"transformer": [compiled_program]}
     assert (tmp_path / "machine-b" / key_of(FINGERPRINT)).is_dir()  # kept locally for the next start
 
 

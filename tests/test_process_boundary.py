@@ -53,7 +53,7 @@ def test_forked_workers_load_their_own_runner(compiled_program, call_for):
         assert worker.exitcode == 0
         with torch.no_grad():
             assert rel_error(out, eager(**kwargs)[0]) < 1e-5
-    assert compiled._runners == {}  # nothing was loaded in the main process
+    assert compiled.runners._loaded == {}  # nothing was loaded in the main process
 
 
 def test_a_runner_is_not_reused_across_a_fork(compiled_program, call_for, monkeypatch):
@@ -62,10 +62,10 @@ def test_a_runner_is_not_reused_across_a_fork(compiled_program, call_for, monkey
     kwargs = call_for(256, 256)
     with torch.no_grad():
         transformer(**kwargs)
-        first = compiled._runners[0]
+        first = compiled.runners._loaded[0]
         monkeypatch.setattr(aoti.dispatch.os, "getpid", lambda: -1)  # as seen from a forked child
         transformer(**kwargs)
-    assert compiled._runners[0] is not first
+    assert compiled.runners._loaded[0] is not first
 
 
 def test_compiled_forward_pickles_without_its_runners(compiled_program, call_for):
@@ -75,5 +75,5 @@ def test_compiled_forward_pickles_without_its_runners(compiled_program, call_for
     with torch.no_grad():
         expected = compiled(**kwargs)[0]
         copy = pickle.loads(pickle.dumps(compiled))
-        assert copy._runners == {}  # loads again, lazily, where it is used
+        assert copy.runners._loaded == {}  # loads again, lazily, where it is used
         assert rel_error(copy(**kwargs)[0], expected) < 1e-5

@@ -66,7 +66,7 @@ def test_dynamic_axes_must_name_tensors_of_the_call(captured_call):
     seq = aoti.Dim("s", 2, 10)
     with pytest.raises(ValueError, match="does not have"):
         aoti.Signature.from_call(captured_call, {"latents": {1: seq}})
-    with pytest.raises(ValueError, match="not a tensor"):
+    with pytest.raises(ValueError, match="holds no tensor"):
         aoti.Signature.from_call(captured_call, {"return_dict": {0: seq}})
     with pytest.raises(ValueError, match="outside"):
         aoti.Signature.from_call(captured_call, {"hidden_states": {1: seq}})
@@ -83,3 +83,20 @@ def test_keyword_order_does_not_matter(captured_call, call_for):
     signature.check((), dict(reversed(list(kwargs.items()))))
     with pytest.raises(ValueError, match="missing \\['guidance'\\]"):
         signature.check((), {k: v for k, v in kwargs.items() if k != "guidance"})
+
+
+def test_an_offset_dim_follows_its_base():
+    """FLUX blocks: the rotary table has the image tokens plus 512 text tokens."""
+    seq = aoti.Dim("s", 4, 64)
+    call = aoti.CapturedCall((), {"x": torch.zeros(1, 16), "table": (torch.zeros(16 + 8, 2), torch.zeros(16 + 8, 2))})
+    signature = aoti.Signature.from_call(call, {"x": {1: seq}, "table": {0: seq + 8}})
+    assert signature.leaves[1][1].shape == ("s+8", 2)
+    assert aoti.Signature.from_json(signature.to_json()) == signature
+    signature.check((), {"x": torch.zeros(1, 64), "table": (torch.zeros(72, 2), torch.zeros(72, 2))})
+    with pytest.raises(ValueError, match="inconsistent 's'"):
+        signature.check((), {"x": torch.zeros(1, 32), "table": (torch.zeros(32, 2), torch.zeros(32, 2))})
+    with pytest.raises(ValueError, match="outside the compiled range 12..72 of 's\\+8'"):
+        signature.check((), {"x": torch.zeros(1, 64), "table": (torch.zeros(88, 2), torch.zeros(88, 2))})
+    _, kwarg_shapes = signature.export_dynamic_shapes(call.args, call.kwargs)
+    base, derived = kwarg_shapes["x"][1], kwarg_shapes["table"][0][0]
+    assert derived.root is base and derived.fn(5) == 13  # one export Dim, plus 8
