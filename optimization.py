@@ -123,6 +123,52 @@ def fingerprint(pipeline: FluxPipeline, config: OptimizationConfig, example_call
     }
 
 
+def capture_module(transformer: torch.nn.Module, module: torch.nn.Module, call: aoti.CapturedCall) -> aoti.CapturedCall:
+    """The call `module` gets when `transformer` is called like `call`."""
+    if module is transformer:
+        return call
+    with aoti.capture(module) as inner, torch.no_grad():
+        transformer(*call.args, **call.kwargs)  # runs eagerly up to the module's first call
+    return inner
+
+
+def compile_transformer(
+    transformer: torch.nn.Module, calls: list[aoti.CapturedCall], config: OptimizationConfig, fp8: bool
+) -> dict[str, list[aoti.CompiledProgram]]:
+    """Steps 3-5 for captured transformer calls: one per static size first, the dynamic one last."""
+    targets = compiled_modules(transformer, config.regional)
+    axes = BLOCK_AXES if config.regional else DYNAMIC_AXES
+    dynamic = [None] * (len(calls) - 1) + [axes if config.dynamic else None]
+    module_calls = {kind: [capture_module(transformer, modules[0], call) for call in calls] for kind, modules in targets.items()}
+    if fp8:
+        quantize_compiled_modules_(transformer, config)
+    return {
+        kind: [
+            aoti.compile(aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional), config.inductor_configs)
+            for call, dims in zip(kind_calls, dynamic)
+        ]
+        for kind, kind_calls in module_calls.items()
+    }
+
+
+def quantize_compiled_modules_(transformer: torch.nn.Module, config: OptimizationConfig) -> None:
+    for modules in compiled_modules(transformer, config.regional).values():
+        for module in modules:
+            if not is_fp8(module):
+                quantize_fp8_(module, config.fp8_granularity)
+
+
+def apply_programs_(
+    transformer: torch.nn.Module, programs: dict[str, list[aoti.CompiledProgram]], config: OptimizationConfig, fp8: bool
+) -> None:
+    """Step 6: bind the programs to this process's transformer, quantized the way they were compiled."""
+    if fp8:
+        # Loaded from the cache, or compiled in ZeroGPU's forked worker: this copy may still be bf16.
+        quantize_compiled_modules_(transformer, config)
+    for kind, modules in compiled_modules(transformer, config.regional).items():
+        aoti.apply(modules if config.regional else modules[0], programs[kind])
+
+
 def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **example_call: Any) -> OptimizationReport:
     """AoT-compile `pipeline.transformer` in place; `example_call` is one pipeline call's kwargs."""
     transformer = pipeline.transformer
@@ -131,22 +177,14 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         attention = set_attention_backend(transformer, config.attention_backend)
         log.info("AoT compilation is off (AOTI=0): the transformer runs eagerly")
         return OptimizationReport(False, False, dtype, attention, False, 0, False, 0.0, 0.0)
-    targets = compiled_modules(transformer, config.regional)
 
     def capture(**size: int) -> aoti.CapturedCall:
         with aoti.capture(transformer) as call:
             pipeline(**{**example_call, **size})
         return call
 
-    def capture_module(module: torch.nn.Module, call: aoti.CapturedCall) -> aoti.CapturedCall:
-        if module is transformer:
-            return call
-        with aoti.capture(module) as inner, torch.no_grad():
-            transformer(*call.args, **call.kwargs)  # runs eagerly up to the module's first call
-        return inner
-
     @spaces.GPU(duration=1500)  # a full FLUX.1-dev compile takes minutes
-    def compile_transformer() -> tuple[dict[str, list[aoti.CompiledProgram]], bool, str, bool]:
+    def compile_on_gpu() -> tuple[dict[str, list[aoti.CompiledProgram]], bool, str, bool]:
         # Hardware decisions are made here, where the real card is visible.
         attention = set_attention_backend(transformer, config.attention_backend)
         unavailable = fp8_unavailable(config.fp8_granularity) if config.fp8 else "switched off (AOTI_FP8=0)"
@@ -157,34 +195,15 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         key = fingerprint(pipeline, config, example_call, fp8, attention)
         if cache and (programs := cache.load(key)):
             return programs, fp8, attention, True
-        sizes = [dict(width=w, height=h) for w, h in config.static_resolutions] + [{}]  # static graphs first
-        transformer_calls = [capture(**size) for size in sizes]
-        axes = BLOCK_AXES if config.regional else DYNAMIC_AXES
-        dynamic = [None] * (len(sizes) - 1) + [axes if config.dynamic else None]
-        calls = {kind: [capture_module(modules[0], call) for call in transformer_calls] for kind, modules in targets.items()}
-        if fp8:
-            for modules in targets.values():
-                for module in modules:
-                    quantize_fp8_(module, config.fp8_granularity)
-        programs = {
-            kind: [
-                aoti.compile(aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional), config.inductor_configs)
-                for call, dims in zip(kind_calls, dynamic)
-            ]
-            for kind, kind_calls in calls.items()
-        }
+        calls = [capture(width=w, height=h) for w, h in config.static_resolutions] + [capture()]
+        programs = compile_transformer(transformer, calls, config, fp8)
         if cache:
             cache.store(key, programs)
         return programs, fp8, attention, False
 
     start = time.perf_counter()
-    programs, fp8, attention, cached = compile_transformer()
-    for kind, modules in targets.items():
-        if fp8 and not is_fp8(modules[0]):
-            # Loaded from the cache, or compiled in ZeroGPU's forked worker: quantize this copy the same way.
-            for module in modules:
-                quantize_fp8_(module, config.fp8_granularity)
-        aoti.apply(modules if config.regional else modules[0], programs[kind])
+    programs, fp8, attention, cached = compile_on_gpu()
+    apply_programs_(transformer, programs, config, fp8)
     package_mb = sum(len(p.package) for group in programs.values() for p in group) / 1e6
     report = OptimizationReport(
         True, fp8, dtype, attention, config.regional, len(config.static_resolutions) + 1, cached,

@@ -58,31 +58,22 @@ class CompiledForward:
     def __init__(self, runners: Runners, weights: Mapping[str, torch.Tensor]):
         self.runners = runners
         self.weights = dict(weights)
-        # Per program: its weights argument, in the order it was exported with (None: bound at load).
-        self._inputs = [
-            {name: self.weights[name] for name in p.weight_names} if p.weights_as_inputs else None
-            for p in runners.programs
-        ]
+        # Per program: the leading weight inputs, in the order it was exported with ([]: bound at load).
+        self._inputs = [[self.weights[n] for n in p.weight_names] if p.weights_as_inputs else [] for p in runners.programs]
 
     @property
     def programs(self) -> tuple[CompiledProgram, ...]:
         return self.runners.programs
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        index = self.select(args, kwargs)
-        runner = self.runners[index]
-        inputs = self._inputs[index]
-        if inputs is None:
-            return runner(*args, **kwargs)
-        # The runner flattens the kwargs dict as given: put it in the exported order.
-        return runner(inputs, args, self.programs[index].signature.in_captured_order(kwargs))
+        index, tensors = self.select(args, kwargs)
+        return self.runners[index]([*self._inputs[index], *tensors])
 
-    def select(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int:
-        """Index of the first program that accepts the call; the last program's ValueError otherwise."""
+    def select(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[int, list[torch.Tensor]]:
+        """The first program that accepts the call and the call's tensors in its order; else the last ValueError."""
         for index, program in enumerate(self.programs):
             try:
-                program.signature.check(args, kwargs)
-                return index
+                return index, program.signature.check(args, kwargs)
             except ValueError as error:
                 rejection = error
         raise rejection

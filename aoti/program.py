@@ -8,11 +8,14 @@ or passed in at every call (`weights_as_inputs`, one program for many modules).
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.utils._pytree as pytree
 
 from .signature import Signature
 from .toolchain import check_package
@@ -26,7 +29,7 @@ class CompiledProgram:
     compile_seconds: float = 0.0
     weights_as_inputs: bool = False  # called as runner(weights, args, kwargs); nothing bound at load
 
-    def load(self, weights: Mapping[str, torch.Tensor] | None = None) -> torch._inductor.package.package.AOTICompiledModel:
+    def load(self, weights: Mapping[str, torch.Tensor] | None = None) -> Runner:
         """Load the package in this process and bind `weights` without copying them.
 
         The caller must keep the tensors alive as long as the runner is used. A program that
@@ -41,10 +44,26 @@ class CompiledProgram:
         with tempfile.TemporaryDirectory(prefix="aoti-load-") as tmp:
             path = Path(tmp) / "program.pt2"
             path.write_bytes(self.package)
-            runner = torch._inductor.aoti_load_package(str(path))
-        if weights is None:
-            return runner
-        runner.load_constants(
-            {name: weights[name] for name in runner.get_constant_fqns()}, check_full_update=True, user_managed=True
-        )
-        return runner
+            # Single-threaded mode: the default mode waits for the previous call's GPU work to
+            # finish before starting the next (an event sync per call), which stalls FLUX's 57
+            # per-block calls; Runner serializes calls instead.
+            model = torch._inductor.aoti_load_package(str(path), run_single_threaded=True)
+        if weights is not None:
+            model.load_constants(
+                {name: weights[name] for name in model.get_constant_fqns()}, check_full_update=True, user_managed=True
+            )
+        return Runner(model)
+
+
+class Runner:
+    """A loaded program, called with its flat input tensors; returns the output tree."""
+
+    def __init__(self, model: torch._inductor.package.package.AOTICompiledModel):
+        self.model = model  # owns the loaded library
+        self._out_spec = pytree.treespec_loads(model.loader.get_call_spec()[1])  # parsed once, not per call
+        self._lock = threading.Lock()
+
+    def __call__(self, flat_inputs: list[torch.Tensor]) -> Any:
+        with self._lock:  # loaded single-threaded: one call at a time
+            outputs = self.model.loader.boxed_run(flat_inputs)
+        return pytree.tree_unflatten(outputs, self._out_spec)

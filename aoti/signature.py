@@ -103,13 +103,14 @@ class Signature:
                 raise ValueError(f"dynamic axes given for {name!r}, which holds no tensor")
         return cls(pytree.treespec_dumps(spec), tuple(leaves), tuple(dims.values()))
 
-    def check(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
-        """Raise ValueError unless the program was compiled for exactly this kind of call."""
-        flat, spec = pytree.tree_flatten_with_path((args, self.in_captured_order(kwargs)))
+    def check(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
+        """The call's tensors in the compiled order; ValueError unless the program was compiled for such a call."""
+        flat, spec = pytree.tree_flatten((args, self.in_captured_order(kwargs)))
         if spec != self._treespec:
             raise ValueError(f"the call's arguments do not match the compiled call: expected {self._treespec}, got {spec}")
         sizes: dict[str, tuple[int, str]] = {}
-        for (path, value), (key, expected) in zip(flat, self.leaves, strict=True):
+        tensors = []
+        for value, (key, expected) in zip(flat, self.leaves, strict=True):
             if not isinstance(expected, TensorSpec):
                 if isinstance(value, torch.Tensor) or value != expected:
                     raise ValueError(
@@ -119,6 +120,7 @@ class Signature:
                 continue
             if not isinstance(value, torch.Tensor):
                 raise ValueError(f"{key} must be a tensor, got {type(value).__name__}")
+            tensors.append(value)
             dtype = str(value.dtype).removeprefix("torch.")
             if dtype != expected.dtype or value.device.type != expected.device_type:
                 raise ValueError(
@@ -143,6 +145,7 @@ class Signature:
                         f"inconsistent {dim.name!r}: {seen[1]} gives {seen[0]}, {key} axis {axis} "
                         f"({dim.key}) gives {size - dim.offset}"
                     )
+        return tensors
 
     @functools.cached_property
     def _treespec(self) -> pytree.TreeSpec:

@@ -41,19 +41,30 @@ def generate(pipe):
     ).images[0]
 
 
-def test_fp8_quantize_export_compile_apply(monkeypatch):
+@pytest.fixture(scope="module")
+def bf16_image():
+    return generate(load_pipeline(torch.bfloat16))
+
+
+@pytest.mark.parametrize("regional", [True, False])
+def test_fp8_quantize_export_compile_apply(monkeypatch, bf16_image, regional):
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
     monkeypatch.setattr(optimization, "fp8_unavailable", lambda granularity: None)
-    reference = generate(load_pipeline(torch.bfloat16))
+    reference = bf16_image
     pipe = load_pipeline(torch.bfloat16)
     report = optimization.optimize_pipeline_(
-        pipe, OptimizationConfig(fp8_granularity="row", cache=False), prompt="example", width=512, height=512,
-        num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
+        pipe, OptimizationConfig(fp8_granularity="row", regional=regional, cache=False), prompt="example", width=512,
+        height=512, num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
     )
     assert report.fp8 and "FP8" in report.summary()
-    weights = pipe.transformer.forward.weights
+    if regional:  # the blocks run FP8; the embedders and the final projection stay bf16 and eager
+        weights = pipe.transformer.single_transformer_blocks[0].forward.weights
+        assert pipe.transformer.proj_out.weight.dtype == torch.bfloat16
+        assert weights["proj_out.parametrizations.weight.original1"].shape == (32, 1)  # one scale per row
+    else:
+        weights = pipe.transformer.forward.weights
+        assert weights["proj_out.parametrizations.weight.original1"].shape == (64, 1)
     assert weights["proj_out.parametrizations.weight.original0"].dtype == torch.float8_e4m3fn
-    assert weights["proj_out.parametrizations.weight.original1"].shape == (64, 1)  # one scale per row
     assert pipe.transformer.dtype == torch.bfloat16  # what the pipeline reads is unchanged
     image = generate(pipe)
     error = np.linalg.norm(image - reference) / np.linalg.norm(reference)
