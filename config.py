@@ -40,6 +40,7 @@ class OptimizationConfig:
     dynamic: bool = field(default=True, metadata=env("AOTI_DYNAMIC"))  # off: only the example's resolution
     # Compile one block of each repeated kind and share it (minutes less compile); off: the whole transformer.
     regional: bool = field(default=True, metadata=env("AOTI_REGIONAL"))
+    fuse_qkv: bool = field(default=False, metadata=env("AOTI_FUSE_QKV"))  # one matmul for q, k and v
     attention_backend: str = field(default="auto", metadata=env("AOTI_ATTENTION"))  # "auto" or a diffusers backend name
     # Extra static graphs for these sizes ("1024x1024,1344x768"), sharing the weights with the dynamic graph.
     static_sizes: str = field(default="", metadata=env("AOTI_STATIC_SIZES"))

@@ -89,6 +89,19 @@ def quantize_fp8_(module: torch.nn.Module, granularity: str) -> None:
     quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=scale))
 
 
+def fuse_qkv_(transformer: torch.nn.Module) -> None:
+    """One projection for q, k and v (and one for the text stream's) instead of three; frees the unfused ones."""
+    if getattr(transformer, "_qkv_fused", False):
+        return
+    transformer.fuse_qkv_projections()
+    for module in transformer.modules():
+        if getattr(module, "fused_projections", False):
+            for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
+                if isinstance(getattr(module, name, None), torch.nn.Module):
+                    setattr(module, name, None)  # the fused attention path never reads them
+    transformer._qkv_fused = True
+
+
 def compiled_modules(transformer: torch.nn.Module, regional: bool) -> dict[str, list[torch.nn.Module]]:
     """What gets compiled, by kind: the transformer, or each kind of repeated block (FLUX: 19 + 38).
 
@@ -114,6 +127,7 @@ def fingerprint(pipeline: FluxPipeline, config: OptimizationConfig, example_call
         "attention": attention,
         "dynamic": config.dynamic,
         "regional": config.regional,
+        "fuse_qkv": config.fuse_qkv,
         "static_sizes": config.static_resolutions,
         "inductor_configs": dict(config.inductor_configs),
         "example_call": {k: v for k, v in example_call.items() if isinstance(v, (int, float, str, bool))},
@@ -140,6 +154,8 @@ def compile_transformer(
     axes = BLOCK_AXES if config.regional else DYNAMIC_AXES
     dynamic = [None] * (len(calls) - 1) + [axes if config.dynamic else None]
     module_calls = {kind: [capture_module(transformer, modules[0], call) for call in calls] for kind, modules in targets.items()}
+    if config.fuse_qkv:
+        fuse_qkv_(transformer)
     if fp8:
         quantize_compiled_modules_(transformer, config)
     return {
@@ -161,7 +177,9 @@ def quantize_compiled_modules_(transformer: torch.nn.Module, config: Optimizatio
 def apply_programs_(
     transformer: torch.nn.Module, programs: dict[str, list[aoti.CompiledProgram]], config: OptimizationConfig, fp8: bool
 ) -> None:
-    """Step 6: bind the programs to this process's transformer, quantized the way they were compiled."""
+    """Step 6: bind the programs to this process's transformer, prepared the way they were compiled."""
+    if config.fuse_qkv:
+        fuse_qkv_(transformer)
     if fp8:
         # Loaded from the cache, or compiled in ZeroGPU's forked worker: this copy may still be bf16.
         quantize_compiled_modules_(transformer, config)

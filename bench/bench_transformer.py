@@ -1,26 +1,26 @@
-"""FLUX.1-dev transformer per step: eager vs the project's AoT path (bf16, FP8), on one GPU.
+"""FLUX.1-dev transformer per step: eager vs the project's AoT path (bf16, FP8, ...), on one GPU.
 
     python bench/bench_transformer.py --json bench/results/NAME.json [--blocks 19 38] [--rungs ...]
 
 Random bf16 weights with FLUX.1-dev's exact config (speed does not depend on weight values);
 `--blocks 2 4` keeps the geometry and cuts the depth, for quick iterations. Every rung runs the
-same inputs in the same process; accuracy is ||out - ref|| / ||ref|| against an fp32 eager
-reference. The AoT rungs go through `aoti` and `optimization` exactly as the app does, and the
-bf16 program is also saved, reloaded in a fresh process and checked there.
+same inputs in the same process and is compared with this process's eager rung (same card).
+Accuracy is ||out - ref|| / ||ref|| against fp32 eager on the same inputs. The AoT rungs go
+through `optimization.compile_transformer` and `apply_programs_`, exactly as the app does.
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
+import dataclasses
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,28 +29,66 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import aoti  # noqa: E402
+import optimization  # noqa: E402
 from attention import set_attention_backend  # noqa: E402
-from config import MAX_SEQUENCE_LENGTH, OptimizationConfig  # noqa: E402
-from optimization import DYNAMIC_AXES, quantize_fp8_  # noqa: E402
+from config import EMBEDDED_MODEL, MAX_SEQUENCE_LENGTH, OptimizationConfig  # noqa: E402
 
 FLUX_DEV = dict(
     patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
     num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
     axes_dims_rope=(16, 56, 56),
 )
-RUNGS = ("eager", "eager_cudnn", "aot_bf16", "fresh_process", "aot_fp8_row", "aot_fp8_tensor", "torch_compile")
 
 
-def build(blocks: tuple[int, int], device: str, dtype: torch.dtype):
+@dataclass(frozen=True)
+class Rung:
+    kind: str  # eager | aot | torch_compile
+    attention: str = "auto"  # "native": diffusers' default SDPA; "auto": the project's choice
+    fp8: str = ""  # "", "row" or "tensor"
+    regional: bool = True
+    fuse_qkv: bool = False
+    static: bool = False  # static graphs for the benchmark sizes beside the dynamic one
+
+
+RUNGS = {
+    "eager": Rung("eager", attention="native"),
+    "eager_attention": Rung("eager"),
+    "aot_bf16": Rung("aot"),
+    "aot_bf16_full": Rung("aot", regional=False),
+    "aot_bf16_qkv": Rung("aot", fuse_qkv=True),
+    "aot_bf16_static": Rung("aot", static=True),
+    "aot_fp8_row": Rung("aot", fp8="row"),
+    "aot_fp8_tensor": Rung("aot", fp8="tensor"),
+    "aot_fp8_row_full": Rung("aot", fp8="row", regional=False),
+    "aot_fp8_row_qkv": Rung("aot", fp8="row", fuse_qkv=True),
+    "aot_fp8_row_static": Rung("aot", fp8="row", static=True),
+    "torch_compile": Rung("torch_compile"),
+    "torch_compile_fp8": Rung("torch_compile", fp8="row"),
+}
+
+
+def model_config(name: str, blocks: tuple[int, int] | None) -> dict:
+    """FLUX.1-dev's transformer config, or the embedded tiny model's (`tiny`: a CPU smoke test)."""
+    if name == "tiny":
+        config = json.loads((Path(EMBEDDED_MODEL) / "transformer" / "config.json").read_text())
+        config = {k: v for k, v in config.items() if not k.startswith("_")}
+    else:
+        config = dict(FLUX_DEV)
+    if blocks:
+        config.update(num_layers=blocks[0], num_single_layers=blocks[1])
+    return config
+
+
+def build(config: dict, device: str, dtype: torch.dtype):
     from diffusers import FluxTransformer2DModel
 
     torch.manual_seed(0)
     with torch.device(device):
-        model = FluxTransformer2DModel(**{**FLUX_DEV, "num_layers": blocks[0], "num_single_layers": blocks[1]})
+        model = FluxTransformer2DModel(**config)
     return model.to(dtype).eval().requires_grad_(False)
 
 
-def inputs(width: int, height: int, device: str, dtype: torch.dtype, seed: int = 0) -> dict:
+def inputs(config: dict, width: int, height: int, device: str, dtype: torch.dtype, seed: int = 0) -> dict:
     """One denoising step's transformer call, with the dtypes FluxPipeline passes."""
     g = torch.Generator(device).manual_seed(seed)
     h, w = height // 16, width // 16
@@ -61,13 +99,69 @@ def inputs(width: int, height: int, device: str, dtype: torch.dtype, seed: int =
         hidden_states=torch.randn(1, h * w, 64, device=device, generator=g).to(dtype),
         timestep=torch.full((1,), 0.5, device=device, dtype=dtype),
         guidance=torch.full((1,), 3.5, device=device, dtype=torch.float32),
-        pooled_projections=torch.randn(1, 768, device=device, generator=g).to(dtype),
-        encoder_hidden_states=torch.randn(1, MAX_SEQUENCE_LENGTH, 4096, device=device, generator=g).to(dtype),
+        pooled_projections=torch.randn(1, config["pooled_projection_dim"], device=device, generator=g).to(dtype),
+        encoder_hidden_states=torch.randn(1, MAX_SEQUENCE_LENGTH, config["joint_attention_dim"], device=device,
+                                          generator=g).to(dtype),
         txt_ids=torch.zeros(MAX_SEQUENCE_LENGTH, 3, device=device, dtype=dtype),
         img_ids=img_ids.reshape(h * w, 3).to(dtype),
         joint_attention_kwargs={},
         return_dict=False,
     )
+
+
+def fp32_reference(model, calls: dict) -> dict:
+    """fp32 eager outputs, one block upcast at a time: an fp32 copy would not fit beside bf16 on 80 GB."""
+    blocks = [*model.transformer_blocks, *model.single_transformer_blocks]
+    def upcast(module, args):
+        module.float()
+
+    def downcast(module, args, out):
+        module.to(torch.bfloat16)  # bf16 -> fp32 -> bf16 is exact
+
+    hooks = [b.register_forward_pre_hook(upcast) for b in blocks] + [b.register_forward_hook(downcast) for b in blocks]
+    rest = [m for name, m in model.named_children() if name not in ("transformer_blocks", "single_transformer_blocks")]
+    for m in rest:
+        m.float()
+    try:
+        with torch.inference_mode():
+            return {
+                size: model(**{k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()})[0]
+                for size, kw in calls.items()
+            }
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for m in rest:
+            m.to(torch.bfloat16)
+
+
+class CUDAGraphed:
+    """Replays one CUDA graph per input shape; inputs are copied into the graph's static buffers."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.graphs: dict = {}
+
+    def __call__(self, **kwargs):
+        key = tuple((k, tuple(v.shape)) for k, v in kwargs.items() if torch.is_tensor(v))
+        if key not in self.graphs:
+            static = {k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):  # lazy loads and allocator warm-up happen outside the capture
+                    self.fn(**static)
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.fn(**static)
+            self.graphs[key] = (graph, static, out)
+        graph, static, out = self.graphs[key]
+        for k, v in kwargs.items():
+            if torch.is_tensor(v):
+                static[k].copy_(v)
+        graph.replay()
+        return out
 
 
 def median_ms(fn, warmup: int, iters: int) -> float:
@@ -100,159 +194,140 @@ def weight_bytes(module: torch.nn.Module) -> int:
         return sum(t.numel() * t.element_size() for t in named_weights(module).values())
 
 
-FRESH = """
-import sys, time, torch
-sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/bench")
-start = time.perf_counter()
-import aoti, bench_transformer as b
-model = b.build(tuple(map(int, sys.argv[3].split(","))), sys.argv[4], torch.bfloat16)
-aoti.apply(model, aoti.load(sys.argv[2]))
-kwargs = torch.load(sys.argv[5])
-with torch.inference_mode():
-    out = model(**kwargs)[0]
-torch.save(out.cpu(), sys.argv[6])
-print("FRESH_SECONDS", time.perf_counter() - start)
-"""
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, nargs=2, default=(19, 38), metavar=("DOUBLE", "SINGLE"))
+    parser.add_argument("--model", choices=["flux-dev", "tiny"], default="flux-dev")
+    parser.add_argument("--blocks", type=int, nargs=2, default=None, metavar=("DOUBLE", "SINGLE"),
+                        help="fewer blocks of the same widths (default: the model's 19 and 38)")
     parser.add_argument("--sizes", nargs="+", default=["1024x1024", "1344x768", "768x1344", "512x512"])
-    parser.add_argument("--rungs", nargs="+", default=list(RUNGS), choices=RUNGS)
+    parser.add_argument("--rungs", nargs="+", default=["eager", "eager_attention", "aot_bf16", "aot_fp8_row"], choices=RUNGS)
+    parser.add_argument("--inductor", nargs="*", default=[], metavar="OPTION=0|1",
+                        help="override the project's inductor options, e.g. coordinate_descent_tuning=0")
+    parser.add_argument("--cudagraph", action="store_true",
+                        help="also time each AoT rung replayed as one CUDA graph per size (same compiled program)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     sizes = [tuple(map(int, s.split("x"))) for s in args.sizes]
-    blocks = tuple(args.blocks)
-    inductor_configs = dict(OptimizationConfig().inductor_configs)
-    results: dict = {"rows": [], "env": environment(args), "blocks": blocks}
-    calls = {size: inputs(*size, device, torch.bfloat16, seed=i) for i, size in enumerate(sizes)}
+    config = model_config(args.model, args.blocks)
+    blocks = (config["num_layers"], config["num_single_layers"])
+    inductor = {**OptimizationConfig().inductor_configs, **{k: bool(int(v)) for k, v in (o.split("=") for o in args.inductor)}}
+    results: dict = {"env": environment(), "model": args.model, "blocks": blocks, "inductor_configs": inductor, "rows": []}
+    calls = {size: inputs(config, *size, device, torch.bfloat16, seed=i) for i, size in enumerate(sizes)}
 
     def save() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
 
-    def measure(rung: str, model, extra: dict | None = None) -> dict[tuple[int, int], torch.Tensor]:
-        outputs = {}
+    def measure(name: str, model, extra: dict) -> None:
         if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()  # peaks per rung, not the fp32 reference's
+            torch.cuda.reset_peak_memory_stats()  # peaks per rung
         for size, kwargs in calls.items():
             with torch.inference_mode():
-                outputs[size] = model(**kwargs)[0].float()
+                sync()
+                start = time.perf_counter()
+                out = model(**kwargs)[0].float()
+                sync()
+                first_call_s = time.perf_counter() - start  # includes torch.compile's (re)compiles
                 ms = median_ms(lambda: model(**kwargs), args.warmup, args.iters)
-            row = dict(rung=rung, size=f"{size[0]}x{size[1]}", ms=ms, rel_error=rel_error(outputs[size], refs[size]),
-                       **(extra or {}))
+            row = dict(rung=name, size=f"{size[0]}x{size[1]}", ms=ms, rel_error=rel_error(out, refs[size]),
+                       first_call_s=first_call_s, **extra)
             if device == "cuda":
                 row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 row["allocated_gib"] = torch.cuda.memory_allocated() / 2**30
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
             save()
-        return outputs
 
-    # fp32 reference, then dropped: all rungs are compared with it.
-    model = build(blocks, device, torch.bfloat16)
-    reference = copy.deepcopy(model).float()
-    with torch.inference_mode():
-        refs = {
-            size: reference(**{k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in kw.items()})[0]
-            for size, kw in calls.items()
-        }
-    del reference
+    model = build(config, device, torch.bfloat16)
+    refs = fp32_reference(model, calls)
     results["weights_gib_bf16"] = weight_bytes(model) / 2**30
-
-    if "eager" in args.rungs:
-        measure("eager", model)
-    if "eager_cudnn" in args.rungs and device == "cuda":
-        model.set_attention_backend("_native_cudnn")
-        measure("eager_cudnn", model)
-        model.reset_attention_backend()
-    if "torch_compile" in args.rungs:
-        compiled = torch.compile(model, fullgraph=True)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            compiled(**calls[sizes[0]])
-        measure("torch_compile", compiled, {"compile_s": time.perf_counter() - start})
-        del compiled
-        torch._dynamo.reset()
-
-    def aot(rung: str, model, granularity: str | None) -> tuple[aoti.CompiledProgram, dict]:
-        attention = set_attention_backend(model, OptimizationConfig().attention_backend)  # as the app does
-        if granularity:
-            quantize_fp8_(model, granularity)
-        weights = weight_bytes(model)
-        start = time.perf_counter()
-        exported = aoti.export(model, aoti.CapturedCall((), calls[sizes[0]]), DYNAMIC_AXES)
-        export_s = time.perf_counter() - start
-        program = aoti.compile(exported, inductor_configs)
-        del exported
-        aoti.apply(model, program)
-        extra = dict(attention=attention, export_s=export_s, compile_s=program.compile_seconds, package_mb=len(program.package) / 1e6,
-                     weights_gib=weights / 2**30)
-        return program, measure(rung, model, extra)
-
-    aot_outputs = None
-    if "aot_bf16" in args.rungs:
-        program, aot_outputs = aot("aot_bf16", model, None)
-        if "fresh_process" in args.rungs:
-            fresh_process(program, blocks, device, calls[sizes[0]], aot_outputs[sizes[0]], results)
+    for name in args.rungs:
+        rung = RUNGS[name]
+        if model is None:
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            model = build(config, device, torch.bfloat16)
+        try:
+            run_rung(name, rung, model, calls, sizes, inductor, measure, args.cudagraph and device == "cuda")
+        except Exception as error:  # one failing rung must not lose the others' numbers
+            results.setdefault("failures", {})[name] = f"{type(error).__name__}: {error}"[:2000]
+            print(f"RUNG {name} FAILED: {error!r}", flush=True)
             save()
-    for granularity in ("row", "tensor"):
-        if f"aot_fp8_{granularity}" in args.rungs and device == "cuda":
-            del model
-            torch.cuda.empty_cache()
-            model = build(blocks, device, torch.bfloat16)
-            aot(f"aot_fp8_{granularity}", model, granularity)
+        if rung.kind != "eager":
+            model = None  # compiled, quantized or fused: the next rung starts from a fresh model
+            torch._dynamo.reset()
     save()
     print_table(results)
+    if results.get("failures"):
+        sys.exit(f"{len(results['failures'])} rung(s) failed: {', '.join(results['failures'])}")
 
 
-def fresh_process(program, blocks, device, kwargs, expected, results) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        aoti.save(program, f"{tmp}/program")
-        torch.save(kwargs, f"{tmp}/inputs.pt")
-        start = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-c", FRESH, str(ROOT), f"{tmp}/program", ",".join(map(str, blocks)), device,
-             f"{tmp}/inputs.pt", f"{tmp}/out.pt"], capture_output=True, text=True, timeout=300,
-        )
-        wall = time.perf_counter() - start
-        if done.returncode != 0:
-            raise RuntimeError(f"fresh-process load failed (rc {done.returncode}):\n{done.stderr[-3000:]}")
-        out = torch.load(f"{tmp}/out.pt").to(expected.device).float()
-    results["fresh_process"] = dict(rel_error_vs_in_process=rel_error(out, expected), wall_s=wall)
-    print("fresh process:", results["fresh_process"], flush=True)
+def run_rung(name: str, rung: Rung, model, calls: dict, sizes: list, inductor: dict, measure, cudagraph: bool) -> None:
+    config = OptimizationConfig(
+        fp8_granularity=rung.fp8 or "row", regional=rung.regional, fuse_qkv=rung.fuse_qkv, cache=False,
+        attention_backend=rung.attention, inductor_configs=inductor,
+        static_sizes=",".join(f"{w}x{h}" for w, h in sizes) if rung.static else "",
+    )
+    attention = set_attention_backend(model, config.attention_backend)
+    extra = dict(attention=attention, fp8=rung.fp8, regional=rung.regional)
+    if rung.kind == "eager":
+        measure(name, model, extra)
+        return
+    if rung.kind == "torch_compile":
+        if rung.fuse_qkv:
+            optimization.fuse_qkv_(model)
+        if rung.fp8:
+            optimization.quantize_fp8_(model, rung.fp8)
+        measure(name, torch.compile(model, fullgraph=True), extra)
+        return
+    start = time.perf_counter()
+    static = [aoti.CapturedCall((), calls[size]) for size in config.static_resolutions]
+    programs = optimization.compile_transformer(model, [*static, aoti.CapturedCall((), calls[sizes[0]])], config, bool(rung.fp8))
+    compile_s = time.perf_counter() - start  # capture, quantize, export and compile
+    optimization.apply_programs_(model, programs, config, bool(rung.fp8))
+    flat = [p for group in programs.values() for p in group]
+    extra.update(compile_s=compile_s, programs=len(flat), package_mb=sum(len(p.package) for p in flat) / 1e6,
+                 weights_gib=weight_bytes(model) / 2**30, fuse_qkv=rung.fuse_qkv)
+    measure(name, model, extra)
+    if cudagraph:
+        measure(f"{name}+cudagraph", CUDAGraphed(model), extra)
 
 
-def environment(args) -> dict:
+def environment() -> dict:
     import diffusers
     import torchao
 
     env = dict(torch=torch.__version__, diffusers=diffusers.__version__, torchao=torchao.__version__,
-               python=platform.python_version(), command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
+               python=platform.python_version(), command=" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+               cxx=os.environ.get("CXX", ""))
     if torch.cuda.is_available():
-        env["card"] = torch.cuda.get_device_name()
-        env["cuda"] = torch.version.cuda
+        env.update(card=torch.cuda.get_device_name(), cuda=torch.version.cuda)
         try:
             env["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                           capture_output=True, text=True).stdout.strip()
-        except OSError:
+                                           capture_output=True, text=True).stdout.strip().splitlines()[0]
+        except (OSError, IndexError):
             pass
-    env["cxx"] = os.environ.get("CXX", "")
     return env
 
 
 def print_table(results: dict) -> None:
     base = {r["size"]: r["ms"] for r in results["rows"] if r["rung"] == "eager"}
     print(f"\n{results['env']}\nblocks {results['blocks']}")
-    print(f"{'rung':16} {'size':10} {'ms/step':>9} {'speed-up':>9} {'rel err':>9} {'peak GiB':>9} {'compile s':>10}")
+    print(f"{'rung':24} {'size':10} {'ms/step':>9} {'speed-up':>9} {'rel err':>9} {'peak GiB':>9} {'compile s':>10}")
     for r in results["rows"]:
         speedup = base.get(r["size"], float("nan")) / r["ms"]
-        print(f"{r['rung']:16} {r['size']:10} {r['ms']:9.2f} {speedup:9.2f} {r['rel_error']:9.2e} "
+        print(f"{r['rung']:24} {r['size']:10} {r['ms']:9.2f} {speedup:9.2f} {r['rel_error']:9.2e} "
               f"{r.get('peak_gib', 0):9.2f} {r.get('compile_s', 0):10.1f}")
+    for name, error in results.get("failures", {}).items():
+        print(f"FAILED {name}: {error[:300]}")
 
 
 if __name__ == "__main__":
