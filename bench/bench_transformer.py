@@ -47,7 +47,7 @@ class Rung:
     fp8: str = ""  # "", "row" or "tensor"
     regional: bool = True
     fuse_qkv: bool = False
-    static: bool = False  # static graphs for the benchmark sizes beside the dynamic one
+    static: bool = False  # static graphs for --static-sizes beside the dynamic one
 
 
 RUNGS = {
@@ -61,6 +61,7 @@ RUNGS = {
     "aot_fp8_tensor": Rung("aot", fp8="tensor"),
     "aot_fp8_row_full": Rung("aot", fp8="row", regional=False),
     "aot_fp8_row_qkv": Rung("aot", fp8="row", fuse_qkv=True),
+    "aot_fp8_row_sdpa": Rung("aot", fp8="row", attention="native"),
     "aot_fp8_row_static": Rung("aot", fp8="row", static=True),
     "torch_compile": Rung("torch_compile"),
     "torch_compile_fp8": Rung("torch_compile", fp8="row"),
@@ -208,6 +209,7 @@ def main() -> None:
     parser.add_argument("--rungs", nargs="+", default=["eager", "eager_attention", "aot_bf16", "aot_fp8_row"], choices=RUNGS)
     parser.add_argument("--inductor", nargs="*", default=[], metavar="OPTION=0|1",
                         help="override the project's inductor options, e.g. coordinate_descent_tuning=0")
+    parser.add_argument("--static-sizes", default="1024x1024", help="the static graphs of the *_static rungs")
     parser.add_argument("--cudagraph", action="store_true",
                         help="also time each AoT rung replayed as one CUDA graph per size (same compiled program)")
     parser.add_argument("--warmup", type=int, default=3)
@@ -256,7 +258,8 @@ def main() -> None:
                 torch.cuda.empty_cache()
             model = build(config, device, torch.bfloat16)
         try:
-            run_rung(name, rung, model, calls, sizes, inductor, measure, args.cudagraph and device == "cuda")
+            run_rung(name, rung, model, calls, sizes[0], args.static_sizes if rung.static else "", inductor, measure,
+                     args.cudagraph and device == "cuda")
         except Exception as error:  # one failing rung must not lose the others' numbers
             results.setdefault("failures", {})[name] = f"{type(error).__name__}: {error}"[:2000]
             print(f"RUNG {name} FAILED: {error!r}", flush=True)
@@ -270,14 +273,16 @@ def main() -> None:
         sys.exit(f"{len(results['failures'])} rung(s) failed: {', '.join(results['failures'])}")
 
 
-def run_rung(name: str, rung: Rung, model, calls: dict, sizes: list, inductor: dict, measure, cudagraph: bool) -> None:
+def run_rung(
+    name: str, rung: Rung, model, calls: dict, example: tuple[int, int], static_sizes: str, inductor: dict, measure,
+    cudagraph: bool,
+) -> None:
     config = OptimizationConfig(
         fp8_granularity=rung.fp8 or "row", regional=rung.regional, fuse_qkv=rung.fuse_qkv, cache=False,
-        attention_backend=rung.attention, inductor_configs=inductor,
-        static_sizes=",".join(f"{w}x{h}" for w, h in sizes) if rung.static else "",
+        attention_backend=rung.attention, inductor_configs=inductor, static_sizes=static_sizes,
     )
     attention = set_attention_backend(model, config.attention_backend)
-    extra = dict(attention=attention, fp8=rung.fp8, regional=rung.regional)
+    extra = dict(attention=attention, fp8=rung.fp8, regional=rung.regional, static_sizes=static_sizes)
     if rung.kind == "eager":
         measure(name, model, extra)
         return
@@ -290,7 +295,7 @@ def run_rung(name: str, rung: Rung, model, calls: dict, sizes: list, inductor: d
         return
     start = time.perf_counter()
     static = [aoti.CapturedCall((), calls[size]) for size in config.static_resolutions]
-    programs = optimization.compile_transformer(model, [*static, aoti.CapturedCall((), calls[sizes[0]])], config, bool(rung.fp8))
+    programs = optimization.compile_transformer(model, [*static, aoti.CapturedCall((), calls[example])], config, bool(rung.fp8))
     compile_s = time.perf_counter() - start  # capture, quantize, export and compile
     optimization.apply_programs_(model, programs, config, bool(rung.fp8))
     flat = [p for group in programs.values() for p in group]
