@@ -99,6 +99,9 @@ def fuse_qkv_(transformer: torch.nn.Module) -> None:
             for name in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj"):
                 if isinstance(getattr(module, name, None), torch.nn.Module):
                     setattr(module, name, None)  # the fused attention path never reads them
+            for name in ("to_qkv", "to_added_qkv"):
+                if isinstance(getattr(module, name, None), torch.nn.Module):
+                    getattr(module, name).requires_grad_(False)  # inference only, like the loaded weights
     transformer._qkv_fused = True
 
 
