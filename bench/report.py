@@ -1,10 +1,11 @@
-"""Merge benchmark JSON files into one table; optionally write it into the README.
+"""Merge benchmark JSON files into tables; optionally write them into the README.
 
-    python bench/report.py bench/results/h200-full/*.json [--readme README.md]
+    python bench/report.py bench/results/h200-x4-full/*/*.json [--readme README.md]
 
 Speed-ups are against the eager rung of the same file, i.e. the same process on the same card.
-The README section between `<!-- bench:transformer -->` and `<!-- /bench:transformer -->` is
-replaced, so the published table is always generated from the committed results.
+Rows compiled without the project's coordinate-descent tuning are marked "(no CD)". The README
+section between `<!-- bench:transformer -->` and `<!-- /bench:transformer -->` is replaced, so
+the published tables are always generated from the committed results.
 """
 
 from __future__ import annotations
@@ -12,50 +13,84 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 from pathlib import Path
 
 BEGIN, END = "<!-- bench:transformer -->", "<!-- /bench:transformer -->"
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
+SUMMARY = ("eager", "aot_bf16", "torch_compile", "aot_fp8_row", "torch_compile_fp8")  # per-size table
 
 
 def load(paths: list[Path]) -> list[dict]:
-    runs = []
+    rows = []
     for path in paths:
         run = json.loads(path.read_text())
-        run["file"] = path.name
-        eager = {r["size"]: r["ms"] for r in run["rows"] if r["rung"] == "eager"}
+        eager = {r["size"]: r for r in run["rows"] if r["rung"] == "eager"}
+        no_cd = not run.get("inductor_configs", {}).get("coordinate_descent_tuning", True)
         for row in run["rows"]:
-            row["speedup"] = eager[row["size"]] / row["ms"] if row["size"] in eager else None
-            row["eager_error"] = next((r["rel_error"] for r in run["rows"] if r["rung"] == "eager" and r["size"] == row["size"]), None)
-        runs.append(run)
-    return runs
+            base = eager.get(row["size"])
+            rows.append({
+                **row, "run": run, "speedup": base["ms"] / row["ms"] if base else None,
+                "label": row["rung"] + (" (no CD)" if no_cd and row["rung"] != "eager" else ""),
+            })
+    return rows
 
 
-def table(runs: list[dict]) -> str:
-    env = runs[0]["env"]
-    lines = [
+def header(rows: list[dict]) -> str:
+    env, blocks = rows[0]["run"]["env"], rows[0]["run"]["blocks"]
+    return (
         f"{env.get('card', 'CPU')}, driver {env.get('driver', '-')}, CUDA {env.get('cuda', '-')}, torch {env['torch']}, "
-        f"diffusers {env['diffusers']}, torchao {env['torchao']}; FLUX.1-dev transformer "
-        f"({runs[0]['blocks'][0]}+{runs[0]['blocks'][1]} blocks, random bf16 weights), median of CUDA-event timings.",
-        "",
-        "| rung | size | ms / step | vs eager | rel. error vs fp32 | peak GiB | compile s | package MB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        f"diffusers {env['diffusers']}, torchao {env['torchao']}. FLUX.1-dev transformer ({blocks[0]}+{blocks[1]} blocks, "
+        "random bf16 weights), one denoising step, median of 10 CUDA-event timings after warm-up; speed-up against "
+        "eager bf16 measured in the same process on the same card; error is ||out - ref|| / ||ref|| against fp32 eager."
+    )
+
+
+def full_table(rows: list[dict], size: str) -> list[str]:
+    lines = [
+        f"| rung ({size}) | ms / step | vs eager | rel. error vs fp32 | peak GiB | compile s | package MB |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
-    seen = set()
-    rows = [r for run in runs for r in run["rows"]]
-    order = {size: i for i, size in enumerate(SIZES)}
-    for r in sorted(rows, key=lambda r: (order.get(r["size"], 99), r["ms"] if r["rung"] != "eager" else -1)):
-        if r["rung"] == "eager" and (r["size"], "eager") in seen:
-            continue  # one baseline row per size; each file's own baseline still gives its speed-ups
-        seen.add((r["size"], r["rung"]))
+    picked = [r for r in rows if r["size"] == size]
+    lines.append(f"| eager, one per process | {eager_range(rows, size)} | 1.00x | "
+                 f"{statistics.median(r['rel_error'] for r in picked if r['rung'] == 'eager'):.1e} | | | |")
+    for r in sorted((r for r in picked if r["rung"] != "eager"), key=lambda r: r["ms"]):
         compile_s = r.get("compile_s") or (r.get("first_call_s") if r["rung"].startswith("torch_compile") else None)
         lines.append(
-            f"| {r['rung']} | {r['size']} | {r['ms']:.1f} | {r['speedup']:.2f}x | {r['rel_error']:.1e} | "
-            f"{r.get('peak_gib', 0):.1f} | {fmt(compile_s, '.0f')} | {fmt(r.get('package_mb'), '.1f')} |"
+            f"| {r['label']} | {r['ms']:.1f} | {r['speedup']:.2f}x | {r['rel_error']:.1e} | {r.get('peak_gib', 0):.1f} | "
+            f"{fmt(compile_s, '.0f')} | {fmt(r.get('package_mb'), '.1f')} |"
         )
-    lines += ["", "Commands (one per GPU, same machine):", ""]
-    lines += [f"- `{run['env']['command']}`" for run in runs]
-    return "\n".join(lines)
+    return lines
+
+
+def size_table(rows: list[dict]) -> list[str]:
+    lines = ["| rung | " + " | ".join(SIZES) + " |", "|---|" + "---:|" * len(SIZES)]
+    for rung in SUMMARY:
+        cells = []
+        for size in SIZES:
+            if rung == "eager":
+                cells.append(f"{eager_range(rows, size)} ms")
+                continue
+            found = [r for r in rows if r["rung"] == rung and r["size"] == size and "(no CD)" not in r["label"]]
+            best = min(found, key=lambda r: r["ms"]) if found else None
+            cells.append(f"{best['ms']:.1f} ms ({best['speedup']:.2f}x)" if best else "not measured")
+        lines.append(f"| {rung} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def render(rows: list[dict]) -> str:
+    commands = sorted({r["run"]["env"]["command"] for r in rows})
+    return "\n".join([
+        header(rows), "", *size_table(rows), "", *full_table(rows, SIZES[0]), "",
+        "Commands (each on one GPU of the same 4-GPU machine; `bench/ladder.sh` runs groups in parallel):", "",
+        *[f"- `{c}`" for c in commands],
+    ])
+
+
+def eager_range(rows: list[dict], size: str) -> str:
+    # Every process measured its own baseline: show their spread rather than one of them.
+    times = [r["ms"] for r in rows if r["rung"] == "eager" and r["size"] == size]
+    return f"{min(times):.1f}-{max(times):.1f}"
 
 
 def fmt(value, spec: str) -> str:
@@ -67,7 +102,7 @@ def main() -> None:
     parser.add_argument("paths", nargs="+", type=Path)
     parser.add_argument("--readme", type=Path)
     args = parser.parse_args()
-    text = table(load(args.paths))
+    text = render(load(args.paths))
     print(text)
     if args.readme:
         readme = args.readme.read_text()
