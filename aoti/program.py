@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
+from torch._inductor.package.package import AOTICompiledModel
 
 from .signature import Signature
 from .toolchain import check_package
@@ -27,7 +28,7 @@ class CompiledProgram:
     signature: Signature
     weight_names: tuple[str, ...]  # constants to bind, by fully qualified name
     compile_seconds: float = 0.0
-    weights_as_inputs: bool = False  # called as runner(weights, args, kwargs); nothing bound at load
+    weights_as_inputs: bool = False  # the weights are its leading inputs at every call; nothing bound at load
 
     def load(self, weights: Mapping[str, torch.Tensor] | None = None) -> Runner:
         """Load the package in this process and bind `weights` without copying them.
@@ -44,10 +45,12 @@ class CompiledProgram:
         with tempfile.TemporaryDirectory(prefix="aoti-load-") as tmp:
             path = Path(tmp) / "program.pt2"
             path.write_bytes(self.package)
-            # Single-threaded mode: the default mode waits for the previous call's GPU work to
-            # finish before starting the next (an event sync per call), which stalls FLUX's 57
-            # per-block calls; Runner serializes calls instead.
-            model = torch._inductor.aoti_load_package(str(path), run_single_threaded=True)
+            # The C++ loader itself: `aoti_load_package` first probes the CPU's vector ISA (tens of
+            # seconds in a fresh process on some machines) only to warn about a device mismatch that
+            # the cache fingerprint already rules out. Single-threaded: the default mode waits for
+            # the previous call's GPU work before starting the next (an event sync per call), which
+            # stalls FLUX's 57 per-block calls; Runner serializes calls instead.
+            model = AOTICompiledModel(torch._C._aoti.AOTIModelPackageLoader(str(path), "model", True, 1, -1))
         if weights is not None:
             model.load_constants(
                 {name: weights[name] for name in model.get_constant_fqns()}, check_full_update=True, user_managed=True
@@ -58,12 +61,12 @@ class CompiledProgram:
 class Runner:
     """A loaded program, called with its flat input tensors; returns the output tree."""
 
-    def __init__(self, model: torch._inductor.package.package.AOTICompiledModel):
-        self.model = model  # owns the loaded library
-        self._out_spec = pytree.treespec_loads(model.loader.get_call_spec()[1])  # parsed once, not per call
+    def __init__(self, model: AOTICompiledModel):
+        self.loader = model.loader
+        self._out_spec = pytree.treespec_loads(self.loader.get_call_spec()[1])  # parsed once, not per call
         self._lock = threading.Lock()
 
     def __call__(self, flat_inputs: list[torch.Tensor]) -> Any:
         with self._lock:  # loaded single-threaded: one call at a time
-            outputs = self.model.loader.boxed_run(flat_inputs)
+            outputs = self.loader.boxed_run(flat_inputs)
         return pytree.tree_unflatten(outputs, self._out_spec)

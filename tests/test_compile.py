@@ -151,3 +151,19 @@ def test_damaged_artifact_is_rejected_before_loading(compiled_program, tmp_path,
 def test_save_load_round_trip(compiled_program, tmp_path):
     loaded = aoti.load(aoti.save(compiled_program, tmp_path / "program"))
     assert loaded == compiled_program
+
+
+def test_loading_skips_torchs_cpu_isa_probe(compiled_program, call_for, monkeypatch):
+    """`aoti_load_package` probes the CPU's vector ISA first (25-55 s in a fresh process on the GPU
+    machine) only to warn about a device mismatch; our loader must not pay for it."""
+    import torch._inductor.codecache as codecache
+
+    def probe(*args, **kwargs):
+        raise AssertionError("the loader probed the device")
+
+    monkeypatch.setattr(codecache, "get_device_information", probe)
+    transformer, eager = load_transformer(), load_transformer()
+    aoti.apply(transformer, compiled_program)
+    kwargs = call_for(256, 512, seed=4)
+    with torch.no_grad():
+        assert rel_error(transformer(**kwargs)[0], eager(**kwargs)[0]) < 1e-5
