@@ -140,7 +140,8 @@ def infer(
         num_inference_steps: Denoising steps, from 1 to the Space's maximum (50 by default); more is slower and finer.
 
     Returns:
-        The generated image (PNG) and the seed that produced it.
+        The generated image (PNG) and the seed that produced it. (The UI also gets the timing of
+        this generation for its status line; it is not part of the API.)
     """
     prompt, seed, randomize_seed, width, height, guidance, steps = check_inputs(
         prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps
@@ -150,6 +151,15 @@ def infer(
         gr.Warning(f"The prompt is {tokens} tokens long; only the first {cfg.MAX_SEQUENCE_LENGTH} are used.")
     if randomize_seed:
         seed = random.randint(0, cfg.MAX_SEED)
+    step_ends = []
+
+    def on_step_end(pipeline, step, timestep, tensors):
+        if CONFIG.device.startswith("cuda"):
+            torch.cuda.synchronize()  # time the GPU's work, not the CPU running ahead of it
+        step_ends.append(time.perf_counter())
+        return tensors
+
+    start = time.perf_counter()
     image = pipe(
         prompt=prompt,
         width=width,
@@ -158,8 +168,22 @@ def infer(
         num_inference_steps=steps,
         max_sequence_length=cfg.MAX_SEQUENCE_LENGTH,
         generator=torch.Generator().manual_seed(seed),  # CPU generator: same image for a seed on any device
+        callback_on_step_end=on_step_end,
     ).images[0]
-    return image, seed
+    # The first step also pays for text encoding; later steps are the transformer's steady state.
+    per_step = (step_ends[-1] - step_ends[0]) / (steps - 1) if steps > 1 else step_ends[0] - start
+    timing = {"steps": steps, "seconds_per_step": per_step, "seconds": time.perf_counter() - start, "size": f"{width}x{height}"}
+    return image, seed, timing
+
+
+def generation_status(timing: dict | None) -> str:
+    """The status line, with the last generation's speed once there is one."""
+    if not timing:
+        return STATUS
+    return (
+        f"{STATUS}  \nLast image: {timing['size']}, {timing['steps']} steps, "
+        f"{timing['seconds_per_step']:.2f} s/step, {timing['seconds']:.1f} s in total"
+    )
 
 
 # UI ----------------------------------------------------------------------------------------------
@@ -171,19 +195,26 @@ EXAMPLES = [
     ["a lighthouse on a cliff at dusk, tall vertical poster", 3, False, 768, 1344],
 ]
 CSS = "#col-container { margin: 0 auto; max-width: 640px; }"
+# On a Space, its own README (SPACE_ID is set there); elsewhere the blog post this template follows.
+HOW_IT_WORKS = (
+    f"https://huggingface.co/spaces/{os.environ['SPACE_ID']}/blob/main/README.md#how-it-works"
+    if os.environ.get("SPACE_ID")
+    else "https://huggingface.co/blog/zerogpu-aoti"
+)
 
 with gr.Blocks(title="FLUX, AoT-compiled") as demo:
     with gr.Column(elem_id="col-container"):
         gr.Markdown(
             "# FLUX, ahead-of-time compiled\n"
             "Text-to-image with the FLUX transformer exported and compiled by AOTInductor at startup "
-            "(one graph for every resolution, FP8 where the GPU has it)."
+            f"(one graph for every resolution, FP8 where the GPU has it). [How it works]({HOW_IT_WORKS})"
         )
         with gr.Row():
             prompt = gr.Text(label="Prompt", show_label=False, max_lines=1, placeholder="Enter your prompt", container=False)
             run_button = gr.Button("Run", scale=0, variant="primary")
-        result = gr.Image(label="Result", show_label=False, format="png", type="pil")
-        status = gr.Markdown(STATUS)
+        result = gr.Image(label="Result", show_label=False, format="png", type="pil", elem_id="result")
+        status = gr.Markdown(STATUS, elem_id="status")
+        last_generation = gr.State(None)  # this session's last timing; gr.State stays out of the API
         with gr.Accordion("Advanced Settings", open=False):
             seed = gr.Slider(label="Seed", minimum=0, maximum=cfg.MAX_SEED, step=1, value=0)
             randomize_seed = gr.Checkbox(label="Randomize seed", value=True)
@@ -197,7 +228,7 @@ with gr.Blocks(title="FLUX, AoT-compiled") as demo:
             examples=[row + [CONFIG.default_guidance, CONFIG.default_steps] for row in EXAMPLES],
             fn=infer,
             inputs=[prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps],
-            outputs=[result, seed],
+            outputs=[result, seed, last_generation],
             example_labels=[row[0] for row in EXAMPLES],  # show the prompts; the settings come along
             cache_examples=True,
             cache_mode="lazy",  # generated on first click, never at startup
@@ -206,14 +237,14 @@ with gr.Blocks(title="FLUX, AoT-compiled") as demo:
         triggers=[run_button.click, prompt.submit],
         fn=infer,
         inputs=[prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps],
-        outputs=[result, seed],
+        outputs=[result, seed, last_generation],
         api_name="infer",
         preprocess=False,  # `infer` validates raw values itself, with the same messages for UI and API
-    )
+    ).success(generation_status, inputs=last_generation, outputs=status, api_visibility="private")
 
 # Launch ------------------------------------------------------------------------------------------
 
-demo.queue(default_concurrency_limit=1, max_size=20)  # one generation at a time per GPU
+demo.queue(default_concurrency_limit=1, max_size=CONFIG.queue_size)  # one generation at a time per GPU
 
 if __name__ == "__main__":
-    demo.launch(css=CSS)  # 127.0.0.1 locally; Spaces set GRADIO_SERVER_NAME=0.0.0.0
+    demo.launch(css=CSS, mcp_server=CONFIG.mcp_server)  # 127.0.0.1 locally; Spaces set GRADIO_SERVER_NAME=0.0.0.0

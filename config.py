@@ -98,6 +98,8 @@ class AppConfig:
     max_steps: int = field(default=50, metadata=env("FLUX_MAX_STEPS"))
     default_guidance: float = 3.5
     default_size: int = 1024
+    queue_size: int = field(default=20, metadata=env("FLUX_QUEUE_SIZE"))  # waiting requests beyond this get "busy"
+    mcp_server: bool = field(default=False, metadata=env("FLUX_MCP_SERVER"))  # also serve /infer as an MCP tool
     optimization: OptimizationConfig = OptimizationConfig()
 
     @property

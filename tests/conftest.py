@@ -87,6 +87,6 @@ def app():
     """The app started in this process, as `python app.py` would (its program cache starts empty)."""
     import app as app_module  # loads the embedded model and AoT-compiles it
 
-    app_module.demo.launch(prevent_thread_lock=True, quiet=True)
+    app_module.demo.launch(prevent_thread_lock=True, quiet=True, css=app_module.CSS, mcp_server=True)
     yield app_module
     app_module.demo.close()

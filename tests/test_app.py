@@ -5,8 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
 from gradio_client import Client
+from gradio_client.exceptions import QueueError
 from PIL import Image
 
 from conftest import ROOT
@@ -79,6 +81,44 @@ def test_api_description_lists_infer_with_its_parameters(client):
     assert parameters == ["prompt", "seed", "randomize_seed", "width", "height", "guidance_scale", "num_inference_steps"]
 
 
+def test_mcp_tool_schema_describes_every_argument(app):
+    """With FLUX_MCP_SERVER=1 agents see /infer as a tool; its schema comes from infer's docstring."""
+    tools = httpx.get(app.demo.local_url + "gradio_api/mcp/schema", timeout=30).json()
+    (tool,) = [t for t in tools if t["name"] == "infer"]
+    properties = tool["inputSchema"]["properties"]
+    assert list(properties) == ["prompt", "seed", "randomize_seed", "width", "height", "guidance_scale", "num_inference_steps"]
+    for name, schema in properties.items():
+        assert schema["description"] and schema["description"] in app.infer.__doc__, name
+    assert tool["inputSchema"]["required"] == ["prompt"]
+
+
+def test_a_full_queue_answers_busy_and_serves_the_rest(app, client):
+    queue = app.demo._queue
+    limit, queue.max_size = queue.max_size, 1  # one waiting request at most (FLUX_QUEUE_SIZE)
+    try:
+        jobs = [client.submit("a busy queue", i, False, 1024, 1024, 3.5, 20, api_name="/infer") for i in range(4)]
+        outcomes = []
+        for job in jobs:
+            try:
+                outcomes.append(job.result(timeout=300)[1])
+            except QueueError as error:
+                assert "Queue is full" in str(error)
+                outcomes.append("busy")
+    finally:
+        queue.max_size = limit
+    assert outcomes.count("busy") >= 1 and [o for o in outcomes if o != "busy"] == [0, 1]
+    assert infer(client)[1] == 5  # and the next request is served
+
+
+def test_status_line_shows_the_last_generations_speed(app):
+    image, seed, timing = app.infer("a red kite", 9, False, 256, 256, 3.5, 3)
+    assert (image.size, seed, timing["steps"], timing["size"]) == ((256, 256), 9, 3, "256x256")
+    assert 0 < timing["seconds_per_step"] * 3 <= timing["seconds"]
+    status = app.generation_status(timing)
+    assert status.startswith(app.STATUS) and "3 steps" in status and "s/step" in status
+    assert app.generation_status(None) == app.STATUS
+
+
 def test_a_model_that_cannot_load_ends_startup_with_the_fix(tmp_path):
     env = {**os.environ, "FLUX_MODEL": str(tmp_path / "no-such-model")}
     result = subprocess.run([sys.executable, "-c", "import app"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -90,7 +130,7 @@ def test_a_model_that_cannot_load_ends_startup_with_the_fix(tmp_path):
 def test_long_prompt_warns_that_it_is_cut(app, monkeypatch):
     warnings = []
     monkeypatch.setattr(app.gr, "Warning", warnings.append)
-    image, _ = app.infer("many words " * 300, 1, False, 256, 256, 3.5, 1)
+    image, _, _ = app.infer("many words " * 300, 1, False, 256, 256, 3.5, 1)
     assert image.size == (256, 256)
     assert len(warnings) == 1 and "only the first 512 are used" in warnings[0]
 
