@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 from gradio_client import Client
-from gradio_client.exceptions import QueueError
+from gradio_client.utils import QueueError
 from PIL import Image
 
 from conftest import ROOT
