@@ -6,6 +6,7 @@ assets/ from this same code path.
 """
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -84,6 +85,19 @@ def test_generate_in_the_browser(app, browser):
     prompt.fill("   ")
     page.get_by_role("button", name="Run").click()
     page.get_by_text("Enter a prompt.").first.wait_for(timeout=30_000)  # the error toast
+    page.close()
+
+
+def test_a_generation_shows_its_progress_step_by_step(app, browser):
+    page = browser.new_page()
+    page.goto(app.demo.local_url)
+    page.get_by_placeholder("Enter your prompt").fill("a slow, careful drawing")
+    page.get_by_text("Advanced Settings").click()
+    set_number(page, "Steps", 40)  # a few seconds at 1024x1024 on CPU: long enough to watch
+    page.get_by_role("button", name="Run").click()
+    page.get_by_text(re.compile(r"denoising")).first.wait_for(timeout=60_000)  # diffusers' step bar, via track_tqdm
+    page.get_by_text(re.compile(r"\b\d+/40 steps")).first.wait_for(timeout=60_000)
+    page.locator("#result img").wait_for(timeout=120_000)
     page.close()
 
 
