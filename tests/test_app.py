@@ -106,7 +106,9 @@ def test_a_full_queue_answers_busy_and_serves_the_rest(app, client):
                 outcomes.append("busy")
     finally:
         queue.max_size = limit
-    assert outcomes.count("busy") >= 1 and [o for o in outcomes if o != "busy"] == [0, 1]
+    # Which requests get in depends on arrival order; each one served is its own (seed = its index).
+    assert all(outcome in ("busy", i) for i, outcome in enumerate(outcomes)), outcomes
+    assert 1 <= outcomes.count("busy") <= 2, outcomes  # one runs, one waits, the rest are turned away
     assert infer(client)[1] == 5  # and the next request is served
 
 
