@@ -63,11 +63,18 @@ def full_table(rows: list[dict], size: str) -> list[str]:
     return lines
 
 
+def sizes_of(rows: list[dict]) -> list[str]:
+    """The measured sizes, the UI's presets first."""
+    seen = list(dict.fromkeys(r["size"] for r in rows))
+    return [s for s in SIZES if s in seen] + [s for s in seen if s not in SIZES]
+
+
 def size_table(rows: list[dict]) -> list[str]:
-    lines = ["| rung | " + " | ".join(SIZES) + " |", "|---|" + "---:|" * len(SIZES)]
+    sizes = sizes_of(rows)
+    lines = ["| rung | " + " | ".join(sizes) + " |", "|---|" + "---:|" * len(sizes)]
     for rung in SUMMARY:
         cells = []
-        for size in SIZES:
+        for size in sizes:
             if rung == "eager":
                 cells.append(f"{eager_range(rows, size)} ms")
                 continue
@@ -81,7 +88,7 @@ def size_table(rows: list[dict]) -> list[str]:
 def render(rows: list[dict]) -> str:
     commands = sorted({r["run"]["env"]["command"] for r in rows})
     return "\n".join([
-        header(rows), "", *size_table(rows), "", *full_table(rows, SIZES[0]), "",
+        header(rows), "", *size_table(rows), "", *full_table(rows, sizes_of(rows)[0]), "",
         "Commands (each on one GPU of the same 4-GPU machine; `bench/ladder.sh` runs groups in parallel):", "",
         *[f"- `{c}`" for c in commands],
     ])

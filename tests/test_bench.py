@@ -1,5 +1,6 @@
 """The published benchmark tables are the committed results, rendered by bench/report.py."""
 
+import subprocess
 import sys
 
 from conftest import ROOT
@@ -23,3 +24,22 @@ def test_speed_ups_are_against_the_eager_run_of_the_same_process():
         eager = next(r for r in row["run"]["rows"] if r["rung"] == "eager" and r["size"] == row["size"])
         assert row["speedup"] == eager["ms"] / row["ms"]
     assert {"(no CD)" in r["label"] for r in rows if r["rung"] == "aot_fp8_row"} == {True, False}
+
+
+def test_the_benchmark_runs_its_rungs_through_the_project_path(tmp_path):
+    """The script behind the committed numbers, on CPU with the embedded model (a smoke test, not a timing)."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_transformer.py"), "--model", "tiny", "--sizes", "256x256", "512x256",
+         "--rungs", "eager", "aot_bf16", "--warmup", "0", "--iters", "2", "--json", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = report.load([out])
+    assert {(r["rung"], r["size"]) for r in rows} == {(rung, size) for rung in ("eager", "aot_bf16") for size in ("256x256", "512x256")}
+    for row in rows:
+        if row["rung"] == "aot_bf16":
+            eager = next(r for r in rows if r["rung"] == "eager" and r["size"] == row["size"])
+            assert row["rel_error"] <= 1.5 * eager["rel_error"]  # issue 3's accuracy bound for compiled bf16
+            assert row["programs"] == 2 and row["compile_s"] > 0 and row["package_mb"] > 0
+    assert "| aot_bf16 |" in report.render(rows)
