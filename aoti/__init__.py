@@ -6,6 +6,8 @@
     program = compile(exported)                    # 3. AOTInductor package, weights left out
     apply(pipe.transformer, program)               # 4. bind the live weights, drop the eager copy
 
+For many modules of one structure (FLUX's 57 blocks), `export(block, call, dims, weights_as_inputs=True)`
+and `apply(list_of_blocks, program)` load one program and call it with each block's own weights.
 `save`/`load` keep a program on disk, `ProgramCache` reuses programs across starts; nothing here depends on ZeroGPU, and all of it runs on
 CPU and CUDA.
 """
