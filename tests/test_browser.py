@@ -6,7 +6,6 @@ assets/ from this same code path.
 """
 
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -49,8 +48,13 @@ def number(page, label: str):
 
 def set_number(page, label: str, value: int) -> None:
     field = number(page, label)
-    field.fill(str(value))
-    field.press("Tab")  # the slider takes the value on blur
+    for _ in range(5):
+        field.fill(str(value))
+        field.press("Tab")  # the slider takes the value on blur
+        page.wait_for_timeout(200)  # a slider that mounts just after the accordion opens can reset it
+        if field.input_value() == str(value):
+            return
+    raise AssertionError(f"the {label} field does not keep {value}")
 
 
 def test_generate_in_the_browser(app, browser):
@@ -95,9 +99,24 @@ def test_a_generation_shows_its_progress_step_by_step(app, browser):
     page.get_by_text("Advanced Settings").click()
     set_number(page, "Steps", 40)  # a few seconds at 1024x1024 on CPU: long enough to watch
     page.get_by_role("button", name="Run").click()
-    page.get_by_text(re.compile(r"denoising")).first.wait_for(timeout=60_000)  # diffusers' step bar, via track_tqdm
-    page.get_by_text(re.compile(r"\b\d+/40 steps")).first.wait_for(timeout=60_000)
+    # diffusers' step bar, shown through track_tqdm: "denoising - 30.0%" and "12/40 steps" (visible text only)
+    page.wait_for_function("document.body.innerText.includes('denoising')", timeout=60_000)
+    page.wait_for_function("/\\b\\d+\\/40 steps/.test(document.body.innerText)", timeout=60_000)
     page.locator("#result img").wait_for(timeout=120_000)
+    page.close()
+
+
+def test_an_example_brings_its_settings_and_its_image(app, browser):
+    prompt, seed, _, width, height = app.EXAMPLES[1]
+    page = browser.new_page()
+    page.goto(app.demo.local_url)
+    page.get_by_text(prompt).click()  # generated now (lazy cache), never at startup
+    image = page.locator("#result img")
+    image.wait_for(timeout=120_000)
+    page.wait_for_function("document.querySelector('#result img').naturalWidth > 0")
+    assert image.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [width, height]
+    page.get_by_text("Advanced Settings").click()
+    assert number(page, "Seed").input_value() == str(seed)
     page.close()
 
 
