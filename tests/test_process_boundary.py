@@ -27,6 +27,31 @@ def test_programs_pickle_small_and_run_in_a_fresh_process(compiled_program, call
         assert rel_error(out, load_transformer()(**kwargs)[0]) < 1e-5
 
 
+def run_regional_in_child(programs_bytes, kwargs):
+    from config import OptimizationConfig
+    from optimization import apply_programs_
+
+    transformer = load_transformer()
+    apply_programs_(transformer, pickle.loads(programs_bytes), OptimizationConfig(), fp8=False)
+    with torch.no_grad():
+        return transformer(**kwargs)[0]
+
+
+def test_regional_programs_cross_to_a_fresh_process(captured_call, call_for):
+    """The default (per-block) programs, as ZeroGPU's worker returns them: pickled, then bound there."""
+    from config import OptimizationConfig
+    from optimization import compile_transformer
+
+    programs = compile_transformer(load_transformer(), [captured_call], OptimizationConfig(), fp8=False)
+    payload = pickle.dumps(programs)
+    assert len(payload) < sum(len(p.package) for group in programs.values() for p in group) + 200_000  # no weights
+    kwargs = call_for(384, 640, seed=12)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        out = pool.apply(run_regional_in_child, (payload, kwargs))
+    with torch.no_grad():
+        assert rel_error(out, load_transformer()(**kwargs)[0]) < 1e-5
+
+
 def call_compiled(transformer, kwargs, queue):
     torch.set_num_threads(1)  # this test process already ran OpenMP code; libgomp teams do not survive fork
     with torch.no_grad():
