@@ -90,9 +90,10 @@ def quantize_fp8_(module: torch.nn.Module, granularity: str) -> None:
 
 
 def fuse_qkv_(transformer: torch.nn.Module) -> None:
-    """One projection for q, k and v (and one for the text stream's) instead of three; frees the unfused ones."""
-    if getattr(transformer, "_qkv_fused", False):
-        return
+    """One projection for q, k and v (and one for the text stream's) instead of three; frees the unfused ones.
+
+    Calling it again changes nothing: diffusers skips attention modules that are already fused.
+    """
     transformer.fuse_qkv_projections()
     for module in transformer.modules():
         if getattr(module, "fused_projections", False):
@@ -102,7 +103,6 @@ def fuse_qkv_(transformer: torch.nn.Module) -> None:
             for name in ("to_qkv", "to_added_qkv"):
                 if isinstance(getattr(module, name, None), torch.nn.Module):
                     getattr(module, name).requires_grad_(False)  # inference only, like the loaded weights
-    transformer._qkv_fused = True
 
 
 def compiled_modules(transformer: torch.nn.Module, regional: bool) -> dict[str, list[torch.nn.Module]]:

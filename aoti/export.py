@@ -53,6 +53,7 @@ def export(
     with unwrapped_subclasses(module):
         if weights_as_inputs:
             weights = named_weights(module)
+            weight_names = tuple(weights)
             program = torch.export.export(
                 _Stateless(module), (weights, tuple(call.args), dict(call.kwargs)), strict=False,
                 dynamic_shapes={"weights": {name: None for name in weights}, "args": arg_shapes, "kwargs": kwarg_shapes},
@@ -64,12 +65,11 @@ def export(
                 module, tuple(call.args), dict(call.kwargs), strict=False,
                 dynamic_shapes={**dict(zip(names, arg_shapes)), **kwarg_shapes},
             )
+            weight_names = tuple(program.graph_signature.parameters) + tuple(program.graph_signature.buffers)
     lifted = program.graph_signature.lifted_tensor_constants
     if lifted:
         # Such tensors are neither parameters nor buffers, so nothing could bind them later.
         raise ValueError(
             f"{type(module).__name__}.forward creates tensor constants {lifted[:3]}: register them as buffers"
         )
-    graph = program.graph_signature
-    names = tuple(weights) if weights_as_inputs else tuple(graph.parameters) + tuple(graph.buffers)
-    return Exported(program, signature, names, weights_as_inputs)
+    return Exported(program, signature, weight_names, weights_as_inputs)
