@@ -16,7 +16,6 @@ from typing import Any
 
 import torch
 import torch.utils._pytree as pytree
-from torch._inductor.package.package import AOTICompiledModel
 
 from .signature import Signature
 from .toolchain import check_package
@@ -45,24 +44,24 @@ class CompiledProgram:
         with tempfile.TemporaryDirectory(prefix="aoti-load-") as tmp:
             path = Path(tmp) / "program.pt2"
             path.write_bytes(self.package)
-            # The C++ loader itself: `aoti_load_package` first probes the CPU's vector ISA (tens of
-            # seconds in a fresh process on some machines) only to warn about a device mismatch that
-            # the cache fingerprint already rules out. Single-threaded: the default mode waits for
-            # the previous call's GPU work before starting the next (an event sync per call), which
-            # stalls FLUX's 57 per-block calls; Runner serializes calls instead.
-            model = AOTICompiledModel(torch._C._aoti.AOTIModelPackageLoader(str(path), "model", True, 1, -1))
+            # The C++ loader itself: `aoti_load_package` probes the CPU's vector ISA (tens of seconds
+            # in a fresh process on some machines) only to warn about a device mismatch that the
+            # cache fingerprint already rules out, and its Python wrapper moves between releases.
+            # Single-threaded: the default mode waits for the previous call's GPU work before
+            # starting the next (an event sync per call), which stalls FLUX's 57 per-block calls;
+            # Runner serializes calls instead.
+            loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", True, 1, -1)
         if weights is not None:
-            model.load_constants(
-                {name: weights[name] for name in model.get_constant_fqns()}, check_full_update=True, user_managed=True
-            )
-        return Runner(model)
+            bound = {name: weights[name] for name in loader.get_constant_fqns()}
+            loader.load_constants(bound, False, True, True)  # active buffer, check full update, user-managed
+        return Runner(loader)
 
 
 class Runner:
     """A loaded program, called with its flat input tensors; returns the output tree."""
 
-    def __init__(self, model: AOTICompiledModel):
-        self.loader = model.loader
+    def __init__(self, loader: torch._C._aoti.AOTIModelPackageLoader):
+        self.loader = loader
         self._out_spec = pytree.treespec_loads(self.loader.get_call_spec()[1])  # parsed once, not per call
         self._lock = threading.Lock()
 

@@ -184,6 +184,39 @@ def median_ms(fn, warmup: int, iters: int) -> float:
     return statistics.median(s.elapsed_time(e) for s, e in events)
 
 
+def kernel_profile(fn, steps: int = 3, top: int = 25) -> dict:
+    """Device kernels (CPU ops on CPU) per step, by total time: what a variant spends its step on.
+
+    On the GPU it also counts the CUDA runtime calls that can stall the CPU (synchronizations,
+    copies, allocations): a GPU that waits for the CPU shows as kernel_ms well below wall_ms.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = torch.cuda.is_available()
+    fn()
+    sync()
+    with profile(activities=[ProfilerActivity.CPU, *[ProfilerActivity.CUDA] * on_gpu]) as prof:
+        start = time.perf_counter()
+        for _ in range(steps):
+            fn()
+        sync()
+        wall_ms = (time.perf_counter() - start) * 1e3 / steps
+    events = prof.key_averages()
+    kind = torch.autograd.DeviceType.CUDA if on_gpu else torch.autograd.DeviceType.CPU
+    kernels = [e for e in events if e.device_type == kind and not (on_gpu and e.key.startswith("cuda"))]
+    self_us = (lambda e: e.self_device_time_total) if on_gpu else (lambda e: e.self_cpu_time_total)
+    kernels.sort(key=self_us, reverse=True)
+    stalls = ("Synchronize", "Memcpy", "Malloc", "Free", "EventQuery")
+    runtime = {e.key: e.count / steps for e in events if e.key.startswith("cuda") and any(s in e.key for s in stalls)}
+    return dict(
+        wall_ms=wall_ms,  # profiled, so a little slower than `ms`
+        kernel_ms=sum(map(self_us, kernels)) / 1e3 / steps,
+        kernels=sum(e.count for e in kernels) / steps,
+        runtime_calls=runtime,
+        top=[[e.key[:160], self_us(e) / 1e3 / steps, e.count / steps] for e in kernels[:top]],
+    )
+
+
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
@@ -212,6 +245,8 @@ def main() -> None:
     parser.add_argument("--static-sizes", default="1024x1024", help="the static graphs of the *_static rungs")
     parser.add_argument("--cudagraph", action="store_true",
                         help="also time each AoT rung replayed as one CUDA graph per size (same compiled program)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also record each rung's kernels per step at the first size (where the time goes)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--json", type=Path, required=True)
@@ -244,6 +279,8 @@ def main() -> None:
             if device == "cuda":
                 row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 row["allocated_gib"] = torch.cuda.memory_allocated() / 2**30
+            if args.profile and size == sizes[0]:
+                row["profile"] = kernel_profile(lambda: model(**kwargs))
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
             save()

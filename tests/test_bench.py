@@ -1,5 +1,6 @@
 """The published benchmark tables are the committed results, rendered by bench/report.py."""
 
+import json
 import subprocess
 import sys
 
@@ -31,7 +32,7 @@ def test_the_benchmark_runs_its_rungs_through_the_project_path(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "bench_transformer.py"), "--model", "tiny", "--sizes", "256x256", "512x256",
-         "--rungs", "eager", "aot_bf16", "--warmup", "0", "--iters", "2", "--json", str(out)],
+         "--rungs", "eager", "aot_bf16", "--warmup", "0", "--iters", "2", "--profile", "--json", str(out)],
         capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -42,4 +43,7 @@ def test_the_benchmark_runs_its_rungs_through_the_project_path(tmp_path):
             eager = next(r for r in rows if r["rung"] == "eager" and r["size"] == row["size"])
             assert row["rel_error"] <= 1.5 * eager["rel_error"]  # issue 3's accuracy bound for compiled bf16
             assert row["programs"] == 2 and row["compile_s"] > 0 and row["package_mb"] > 0
+    profiled = json.loads(out.read_text())["rows"]
+    assert [r["size"] for r in profiled if "profile" in r] == ["256x256", "256x256"]  # first size, each rung
+    assert all(r["profile"]["kernels"] > 0 and r["profile"]["top"] for r in profiled if "profile" in r)
     assert "| aot_bf16 |" in report.render(rows)
