@@ -1,9 +1,12 @@
 """Pick the fastest attention backend that works here, inside the GPU function.
 
 Order on Hopper: FlashAttention-3 from the Hub's `kernels` (diffusers' `_flash_3_hub`; its kernels
-are registered torch ops, so torch.export keeps each call as one op), then cuDNN SDPA (the
-fastest built-in on Hopper, facts.md). Elsewhere diffusers' default SDPA. A backend that cannot
-be set up (no network for the Hub download, no `kernels` package) falls through to the next.
+are registered torch ops, so torch.export keeps each call as one op), then PyTorch's SDPA, which
+on Hopper runs cuDNN's attention kernel (the fastest built-in there). Not diffusers'
+`_native_cudnn`: it forces the same kernel but first copies q, k and v to contiguous memory, and
+in the compiled graph that copy spoils the fusion of the single blocks' FP8 input quantization
+(1.5-3% slower per step on an H200, bench/NOTES.md). Elsewhere PyTorch's SDPA too. A backend
+that cannot be set up (no network for the Hub download, no `kernels` package) falls through.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ log = logging.getLogger(__name__)
 
 AUTO = "auto"
 DEFAULT = "native"  # diffusers' name for torch's scaled_dot_product_attention
-HOPPER_CHOICES = ("_flash_3_hub", "_native_cudnn")
+HOPPER_CHOICES = ("_flash_3_hub",)
 
 
 def candidates(requested: str) -> tuple[str, ...]:

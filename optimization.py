@@ -2,7 +2,7 @@
 
     optimize_pipeline_(pipe, OptimizationConfig(), prompt="a cat", width=1024, height=1024)
 
-1. pick the attention backend (FA3 or cuDNN on Hopper, see attention.py);
+1. pick the attention backend (FA3 on Hopper where it can be fetched, else PyTorch's SDPA; attention.py);
 2. capture the transformer's arguments from one real pipeline call (the transformer does not run),
    and, for regional compilation, those of the first block of each repeated kind;
 3. optionally quantize to FP8 (torchao), decided on the GPU itself;

@@ -93,7 +93,8 @@ def main() -> None:
         return
     import torch
 
-    results = {"command": " ".join(["bench_coldstart.py", *sys.argv[1:]]), "torch": torch.__version__,
+    results = {"command": " ".join(["bench_coldstart.py", *sys.argv[1:]]), "model": args.model, "fp8": args.fp8,
+               "size": args.size, "torch": torch.__version__,
                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)",
                "rows": {}}
     with tempfile.TemporaryDirectory() as aot_cache, tempfile.TemporaryDirectory() as compile_cache:

@@ -61,7 +61,7 @@ RUNGS = {
     "aot_fp8_tensor": Rung("aot", fp8="tensor"),
     "aot_fp8_row_full": Rung("aot", fp8="row", regional=False),
     "aot_fp8_row_qkv": Rung("aot", fp8="row", fuse_qkv=True),
-    "aot_fp8_row_sdpa": Rung("aot", fp8="row", attention="native"),
+    "aot_fp8_row_cudnn": Rung("aot", fp8="row", attention="_native_cudnn"),  # diffusers' forced cuDNN
     "aot_fp8_row_static": Rung("aot", fp8="row", static=True),
     "torch_compile": Rung("torch_compile"),
     "torch_compile_fp8": Rung("torch_compile", fp8="row"),
@@ -246,7 +246,7 @@ def main() -> None:
     parser.add_argument("--cudagraph", action="store_true",
                         help="also time each AoT rung replayed as one CUDA graph per size (same compiled program)")
     parser.add_argument("--profile", action="store_true",
-                        help="also record each rung's kernels per step at the first size (where the time goes)")
+                        help="also record each rung's kernels per step at each size (where the time goes)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--json", type=Path, required=True)
@@ -279,7 +279,7 @@ def main() -> None:
             if device == "cuda":
                 row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 row["allocated_gib"] = torch.cuda.memory_allocated() / 2**30
-            if args.profile and size == sizes[0]:
+            if args.profile:
                 row["profile"] = kernel_profile(lambda: model(**kwargs))
             results["rows"].append(row)
             print(json.dumps(row), flush=True)

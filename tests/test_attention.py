@@ -16,8 +16,8 @@ def pretend_gpu(monkeypatch, capability):
 
 @pytest.mark.parametrize(
     "capability, expected",
-    [(None, ("native",)), ((8, 0), ("native",)), ((9, 0), ("_flash_3_hub", "_native_cudnn", "native")),
-     ((10, 0), ("native",))],  # FA3 and its cuDNN ranking are Hopper-specific
+    [(None, ("native",)), ((8, 0), ("native",)), ((9, 0), ("_flash_3_hub", "native")),
+     ((10, 0), ("native",))],  # FA3 is Hopper-specific
 )
 def test_auto_order_depends_on_the_card(monkeypatch, capability, expected):
     pretend_gpu(monkeypatch, capability)
@@ -29,15 +29,15 @@ def test_an_explicit_backend_is_tried_alone(monkeypatch):
     assert attention.candidates("_native_flash") == ("_native_flash",)
 
 
-def test_fa3_from_the_hub_falls_back_to_cudnn_when_it_cannot_be_fetched(monkeypatch, caplog):
+def test_fa3_from_the_hub_falls_back_to_sdpa_when_it_cannot_be_fetched(monkeypatch, caplog):
     pretend_gpu(monkeypatch, (9, 0))
     transformer = load_transformer()
     with caplog.at_level(logging.INFO, logger="attention"):
         chosen = attention.set_attention_backend(transformer, "auto")  # HF_HUB_OFFLINE=1: the download fails
-    assert chosen == "_native_cudnn"
+    assert chosen == "native"
     assert "_flash_3_hub unavailable" in caplog.text
     processor = transformer.transformer_blocks[0].attn.processor
-    assert processor._attention_backend == "_native_cudnn"
+    assert processor._attention_backend == "native"
 
 
 def test_cpu_keeps_sdpa():
