@@ -4,9 +4,9 @@ Order on Hopper: FlashAttention-3 from the Hub's `kernels` (diffusers' `_flash_3
 are registered torch ops, so torch.export keeps each call as one op), then PyTorch's SDPA, which
 on Hopper runs cuDNN's attention kernel (the fastest built-in there). Not diffusers'
 `_native_cudnn`: it forces the same kernel but first copies q, k and v to contiguous memory, and
-in the compiled graph that copy spoils the fusion of the single blocks' FP8 input quantization
-(1.5-3% slower per step on an H200, bench/NOTES.md). Elsewhere PyTorch's SDPA too. A backend
-that cannot be set up (no network for the Hub download, no `kernels` package) falls through.
+in the compiled graph that copy slows the fused FP8 quantization after attention (0.3-0.8% per
+step on an H200, bench/NOTES.md). Elsewhere PyTorch's SDPA too. A backend that cannot be set up
+(no network for the Hub download, no `kernels` package) falls through to the next.
 """
 
 from __future__ import annotations
