@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 from pathlib import Path
 
@@ -104,8 +105,13 @@ def render_coldstart(paths: list[Path]) -> str:
     for path in paths:
         run = json.loads(path.read_text())
         rows = run["rows"]
+        # Files written before the script recorded these carry them only in their command line.
+        model = run.get("model", option(run["command"], "--model", "flux-dev"))
+        fp8 = run.get("fp8", option(run["command"], "--fp8", ""))
+        size = run.get("size", option(run["command"], "--size", "1024x1024"))
+        what = f"{'FLUX.1-dev' if model == 'flux-dev' else model}, {f'FP8 per {fp8}' if fp8 else 'bf16'}, {size}"
         out += [
-            f"{run['device']}, torch {run['torch']}: `{run['command']}`", "",
+            f"{what}; {run['device']}, torch {run['torch']}: `{run['command']}`", "",
             "| start | process start to first step, s | compile or load + first step, s | imports, s | weights (excluded), s |",
             "|---|---:|---:|---:|---:|",
             *[f"| {label} | {r['first_step_s']:.1f} | {r['compile_or_load_s']:.1f} | {r['import_s']:.1f} | {r['weights_s']:.1f} |"
@@ -119,6 +125,14 @@ def render_coldstart(paths: list[Path]) -> str:
                 f"compiling; {empty['compile_or_load_s'] / cached['compile_or_load_s']:.0f}x sooner once imported.", "",
             ]
     return "\n".join(out).rstrip()
+
+
+def option(command: str, name: str, default: str) -> str:
+    words = shlex.split(command)
+    if name not in words:
+        return default
+    value = words[words.index(name) + 1 :][:1]
+    return value[0] if value and not value[0].startswith("--") else ""
 
 
 def write_section(readme: str, begin: str, end: str, text: str, name: Path) -> str:
