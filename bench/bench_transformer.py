@@ -187,8 +187,9 @@ def median_ms(fn, warmup: int, iters: int) -> float:
 def kernel_profile(fn, steps: int = 3, top: int = 25) -> dict:
     """Device kernels (CPU ops on CPU) per step, by total time: what a variant spends its step on.
 
-    On the GPU it also counts the CUDA runtime calls that can stall the CPU (synchronizations,
-    copies, allocations): a GPU that waits for the CPU shows as kernel_ms well below wall_ms.
+    On the GPU it also lists the CPU side: the CUDA runtime calls that can stall it (synchronizations,
+    copies, allocations) and the ops that take its time. A GPU that waits for the CPU shows as
+    kernel_ms well below wall_ms, and host_top says where that CPU time went.
     """
     from torch.profiler import ProfilerActivity, profile
 
@@ -206,6 +207,8 @@ def kernel_profile(fn, steps: int = 3, top: int = 25) -> dict:
     kernels = [e for e in events if e.device_type == kind and not (on_gpu and e.key.startswith("cuda"))]
     self_us = (lambda e: e.self_device_time_total) if on_gpu else (lambda e: e.self_cpu_time_total)
     kernels.sort(key=self_us, reverse=True)
+    host = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CPU), key=lambda e: e.self_cpu_time_total,
+                  reverse=True)
     stalls = ("Synchronize", "Memcpy", "Malloc", "Free", "EventQuery")
     runtime = {e.key: e.count / steps for e in events if e.key.startswith("cuda") and any(s in e.key for s in stalls)}
     return dict(
@@ -214,6 +217,7 @@ def kernel_profile(fn, steps: int = 3, top: int = 25) -> dict:
         kernels=sum(e.count for e in kernels) / steps,
         runtime_calls=runtime,
         top=[[e.key[:160], self_us(e) / 1e3 / steps, e.count / steps] for e in kernels[:top]],
+        host_top=[[e.key[:160], e.self_cpu_time_total / 1e3 / steps, e.count / steps] for e in host[:top]] if on_gpu else [],
     )
 
 
