@@ -119,9 +119,10 @@ def compiled_modules(transformer: torch.nn.Module, regional: bool) -> dict[str, 
     return {kind: [m for m in transformer.modules() if type(m).__name__ == kind] for kind in kinds}
 
 
-def fingerprint(pipeline: FluxPipeline, config: OptimizationConfig, example_call: dict, fp8: bool, attention: str) -> dict:
+def fingerprint(
+    transformer: torch.nn.Module, config: OptimizationConfig, example_call: dict, fp8: bool, attention: str
+) -> dict:
     """Everything a compiled transformer depends on; its weights' values are not among them."""
-    transformer = pipeline.transformer
     return {
         "model": transformer.config.get("_name_or_path", ""),  # hub snapshot path: id and revision
         "transformer": {k: v for k, v in transformer.config.items() if not k.startswith("_")},
@@ -213,7 +214,7 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         if not fp8:
             log.info("FP8 off: %s; the transformer runs in %s", unavailable, dtype)
         cache = aoti.ProgramCache(config.cache_folder, config.hub_repo, os.environ.get("HF_TOKEN")) if config.cache else None
-        key = fingerprint(pipeline, config, example_call, fp8, attention)
+        key = fingerprint(transformer, config, example_call, fp8, attention)
         if cache and (programs := cache.load(key)):
             return programs, fp8, attention, True
         calls = [capture(width=w, height=h) for w, h in config.static_resolutions] + [capture()]

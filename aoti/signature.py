@@ -105,7 +105,7 @@ class Signature:
 
     def check(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[torch.Tensor]:
         """The call's tensors in the compiled order; ValueError unless the program was compiled for such a call."""
-        flat, spec = pytree.tree_flatten((args, self.in_captured_order(kwargs)))
+        flat, spec = pytree.tree_flatten((args, self._in_captured_order(kwargs)))
         if spec != self._treespec:
             raise ValueError(f"the call's arguments do not match the compiled call: expected {self._treespec}, got {spec}")
         sizes: dict[str, tuple[int, str]] = {}
@@ -164,7 +164,7 @@ class Signature:
                     axes[name] = bases[base] + int(offset or 0)
         return axes
 
-    def in_captured_order(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    def _in_captured_order(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """`kwargs` in the order the program was captured with: keyword order is not part of a call."""
         captured = self._treespec.child(1).context
         if set(kwargs) != set(captured):

@@ -37,6 +37,7 @@ def child(mode: str, model_name: str, fp8: str, size: tuple[int, int], started: 
     sys.path.insert(0, str(ROOT / "bench"))
     import aoti
     import optimization
+    from attention import set_attention_backend
     from bench_transformer import build, inputs, model_config
     from config import OptimizationConfig
 
@@ -51,9 +52,10 @@ def child(mode: str, model_name: str, fp8: str, size: tuple[int, int], started: 
     weights_s = time.perf_counter() - begin
     begin = time.perf_counter()
     cached = None
+    options = OptimizationConfig(fp8_granularity=fp8 or "row")
+    attention = set_attention_backend(model, options.attention_backend)  # as the app does, for every start
     if mode == "aot":
-        options = OptimizationConfig(fp8_granularity=fp8 or "row")
-        key = {"model": config, "fp8": fp8, "options": repr(options), **aoti.cache.environment(device)}
+        key = optimization.fingerprint(model, options, {"width": size[0], "height": size[1]}, bool(fp8), attention)
         cache = aoti.ProgramCache(os.environ["AOTI_CACHE_DIR"])
         programs = cache.load(key)
         cached = programs is not None

@@ -1,7 +1,7 @@
 """Merge benchmark JSON files into tables; optionally write them into the README.
 
     python bench/report.py bench/results/h200-x4-full/*/*.json \
-        --coldstart bench/results/coldstart-h200-*.json [--readme README.md]
+        --coldstart bench/results/coldstart-h200-*.json --startup bench/results/startup-cpu.json [--readme README.md]
 
 Speed-ups are against the eager rung of the same file, i.e. the same process on the same card.
 Rows compiled without the project's coordinate-descent tuning are marked "(no CD)". The per-size
@@ -22,6 +22,7 @@ from pathlib import Path
 
 BEGIN, END = "<!-- bench:transformer -->", "<!-- /bench:transformer -->"
 COLDSTART_BEGIN, COLDSTART_END = "<!-- bench:coldstart -->", "<!-- /bench:coldstart -->"
+STARTUP_BEGIN, STARTUP_END = "<!-- bench:startup -->", "<!-- /bench:startup -->"
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
 SUMMARY = ("eager", "aot_bf16", "torch_compile", "aot_fp8_row", "torch_compile_fp8")  # per-size table
 
@@ -127,6 +128,18 @@ def render_coldstart(paths: list[Path]) -> str:
     return "\n".join(out).rstrip()
 
 
+def render_startup(path: Path) -> str:
+    """The whole app's start (bench_startup.py): empty against warm program cache."""
+    run = json.loads(path.read_text())
+    return "\n".join([
+        f"{run['device']}, torch {run['torch']}, embedded tiny model: `{run['command']}`, median of the runs, "
+        "fresh process each:", "",
+        "| start | process start to ready, s | capture+export+compile or cache load, s |",
+        "|---|---:|---:|",
+        *[f"| {label} | {r['startup_s']:.1f} | {r['optimize_s']:.2f} |" for label, r in run["rows"].items()],
+    ])
+
+
 def option(command: str, name: str, default: str) -> str:
     words = shlex.split(command)
     if name not in words:
@@ -156,15 +169,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", type=Path, help="bench_transformer.py JSON files")
     parser.add_argument("--coldstart", nargs="*", type=Path, default=[], help="bench_coldstart.py JSON files")
+    parser.add_argument("--startup", type=Path, help="a bench_startup.py JSON file")
     parser.add_argument("--readme", type=Path)
     args = parser.parse_args()
     text = render(load(args.paths))
-    coldstart = render_coldstart(args.coldstart) if args.coldstart else ""
-    print(text, coldstart, sep="\n\n")
+    sections = {(BEGIN, END): text}
+    if args.coldstart:
+        sections[COLDSTART_BEGIN, COLDSTART_END] = render_coldstart(args.coldstart)
+    if args.startup:
+        sections[STARTUP_BEGIN, STARTUP_END] = render_startup(args.startup)
+    print(*sections.values(), sep="\n\n")
     if args.readme:
-        readme = write_section(args.readme.read_text(), BEGIN, END, text, args.readme)
-        if coldstart:
-            readme = write_section(readme, COLDSTART_BEGIN, COLDSTART_END, coldstart, args.readme)
+        readme = args.readme.read_text()
+        for (begin, end), section in sections.items():
+            readme = write_section(readme, begin, end, section, args.readme)
         args.readme.write_text(readme)
 
 

@@ -16,14 +16,16 @@ COLDSTART = sorted((ROOT / "bench" / "results").glob("coldstart-h200-*.json"))
 
 def test_readme_tables_are_generated_from_the_committed_results():
     readme = (ROOT / "README.md").read_text()
-    regenerate = ("python bench/report.py bench/results/h200-x4-full/*/*.json "
-                  "--coldstart bench/results/coldstart-h200-*.json --readme README.md")
+    regenerate = ("python bench/report.py bench/results/h200-x4-full/*/*.json --coldstart "
+                  "bench/results/coldstart-h200-*.json --startup bench/results/startup-cpu.json --readme README.md")
     text = report.render(report.load(RESULTS))
     assert f"{report.BEGIN}\n{text}\n{report.END}" in readme, f"README's benchmark section is stale: {regenerate}"
     coldstart = report.render_coldstart(COLDSTART)
     assert COLDSTART and f"{report.COLDSTART_BEGIN}\n{coldstart}\n{report.COLDSTART_END}" in readme, (
         f"README's cold-start section is stale: {regenerate}"
     )
+    startup = report.render_startup(ROOT / "bench" / "results" / "startup-cpu.json")
+    assert f"{report.STARTUP_BEGIN}\n{startup}\n{report.STARTUP_END}" in readme, f"README's startup section is stale: {regenerate}"
 
 
 def test_the_per_size_table_shows_each_rungs_latest_run(tmp_path):
