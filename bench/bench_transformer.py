@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 import aoti  # noqa: E402
 import optimization  # noqa: E402
 from attention import set_attention_backend  # noqa: E402
+from compile_phases import compile_phases  # noqa: E402
 from config import EMBEDDED_MODEL, MAX_SEQUENCE_LENGTH, OptimizationConfig  # noqa: E402
 
 FLUX_DEV = dict(
@@ -336,13 +337,14 @@ def run_rung(
         return
     start = time.perf_counter()
     static = [aoti.CapturedCall((), calls[size]) for size in config.static_resolutions]
-    programs = optimization.compile_transformer(model, [*static, aoti.CapturedCall((), calls[example])], config, bool(rung.fp8))
+    with compile_phases() as phases:
+        programs = optimization.compile_transformer(model, [*static, aoti.CapturedCall((), calls[example])], config, bool(rung.fp8))
     compile_s = time.perf_counter() - start  # capture, quantize, export and compile
     weights_gib = weight_bytes(model) / 2**30  # as served: FP8 where quantized; before apply moves them
     optimization.apply_programs_(model, programs, config, bool(rung.fp8))
     flat = [p for group in programs.values() for p in group]
     extra.update(compile_s=compile_s, programs=len(flat), package_mb=sum(len(p.package) for p in flat) / 1e6,
-                 weights_gib=weights_gib, fuse_qkv=rung.fuse_qkv)
+                 weights_gib=weights_gib, fuse_qkv=rung.fuse_qkv, compile_phases=phases)
     measure(name, model, extra)
     if cudagraph:
         measure(f"{name}+cudagraph", CUDAGraphed(model), extra)

@@ -167,3 +167,26 @@ def test_loading_skips_torchs_cpu_isa_probe(compiled_program, call_for, monkeypa
     kwargs = call_for(256, 512, seed=4)
     with torch.no_grad():
         assert rel_error(transformer(**kwargs)[0], eager(**kwargs)[0]) < 1e-5
+
+
+class Sentinel(Exception):
+    pass
+
+
+@pytest.mark.parametrize("device, probes", [("cpu", True), ("meta", False)])
+def test_cpu_isa_probe_only_for_graphs_with_cpu_kernels(device, probes, monkeypatch):
+    """Inductor's CPU vector-ISA probe (52-60 s on the H200 machine) is skipped for a graph
+    without CPU tensors ("meta" stands in for CUDA here), and kept where CPU kernels need it."""
+    seen = {}
+
+    def compile_and_package(program, package_path, inductor_configs):
+        seen.update(inductor_configs)
+        raise Sentinel
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_and_package)
+    module = torch.nn.Linear(4, 4).to(device)
+    exported = aoti.export(module, aoti.CapturedCall((), {"input": torch.ones(2, 4, device=device)}), None)
+    with pytest.raises(Sentinel):
+        aoti.compile(exported, {"epilogue_fusion": False})
+    assert seen["epilogue_fusion"] is False
+    assert ("cpp.vec_isa_ok" not in seen) if probes else (seen["cpp.vec_isa_ok"] is False)
