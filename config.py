@@ -47,16 +47,10 @@ class OptimizationConfig:
     cache: bool = field(default=True, metadata=env("AOTI_CACHE"))  # reuse compiled programs across starts
     cache_dir: str = field(default="", metadata=env("AOTI_CACHE_DIR"))  # "": /data/aoti-cache on Spaces, else ~/.cache
     hub_repo: str = field(default="", metadata=env("AOTI_HUB_REPO"))  # also pull/push programs here (needs HF_TOKEN)
-    # torch._inductor.config options. From flux-fast's recipe; the benchmark (bench/) decides.
+    # torch._inductor.config options, from flux-fast's recipe minus its coordinate-descent tuning:
+    # on the H200 that made the FP8 compile 249 s instead of 29 s for no faster steps (bench/NOTES.md).
     inductor_configs: Mapping[str, Any] = field(
-        default_factory=lambda: MappingProxyType(
-            {
-                "conv_1x1_as_mm": True,
-                "epilogue_fusion": False,
-                "coordinate_descent_tuning": True,
-                "coordinate_descent_check_all_directions": True,
-            }
-        )
+        default_factory=lambda: MappingProxyType({"conv_1x1_as_mm": True, "epilogue_fusion": False})
     )
 
     def __post_init__(self) -> None:

@@ -82,6 +82,13 @@ def child(mode: str, model_name: str, fp8: str, size: tuple[int, int], started: 
     )
 
 
+def inductor_configs() -> dict:
+    sys.path.insert(0, str(ROOT))
+    from config import OptimizationConfig
+
+    return dict(OptimizationConfig().inductor_configs)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=["flux-dev", "tiny"], default="flux-dev")
@@ -99,7 +106,7 @@ def main() -> None:
     import torch
 
     results = {"command": " ".join(["bench_coldstart.py", *sys.argv[1:]]), "model": args.model, "fp8": args.fp8,
-               "size": args.size, "torch": torch.__version__,
+               "size": args.size, "torch": torch.__version__, "inductor_configs": inductor_configs(),
                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)",
                "rows": {}}
     with tempfile.TemporaryDirectory() as aot_cache, tempfile.TemporaryDirectory() as compile_cache:

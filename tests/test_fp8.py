@@ -85,3 +85,14 @@ def test_unwrapping_fp8_parameters_is_undone_exactly(monkeypatch):
     assert flat["0.parametrizations.weight.original0"].data_ptr() == weight.qdata.data_ptr()  # no copy
     assert module[0].weight is weight and type(module[0]) is torch.nn.Linear
     assert any(p is weight for p in module.parameters()) and isinstance(weight, Float8Tensor)
+
+
+def test_quantizing_leaves_inductors_settings_alone(monkeypatch):
+    """torchao's FP8 config switches on coordinate-descent tuning process-wide by default: a compile
+    several times longer, with options the program cache's key does not record."""
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    before = inductor_config.get_config_copy()
+    optimization.quantize_fp8_(torch.nn.Sequential(torch.nn.Linear(32, 16)).to(torch.bfloat16), "row")
+    assert inductor_config.get_config_copy() == before
