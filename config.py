@@ -41,6 +41,8 @@ class OptimizationConfig:
     # Compile one block of each repeated kind and share it (minutes less compile); off: the whole transformer.
     regional: bool = field(default=True, metadata=env("AOTI_REGIONAL"))
     fuse_qkv: bool = field(default=False, metadata=env("AOTI_FUSE_QKV"))  # one matmul for q, k and v
+    # Replay each resolution's step as one CUDA graph: the CPU stops setting the pace (GPU only).
+    cuda_graphs: bool = field(default=True, metadata=env("AOTI_CUDA_GRAPHS"))
     attention_backend: str = field(default="auto", metadata=env("AOTI_ATTENTION"))  # "auto" or a diffusers backend name
     # Extra static graphs for these sizes ("1024x1024,1344x768"), sharing the weights with the dynamic graph.
     static_sizes: str = field(default="", metadata=env("AOTI_STATIC_SIZES"))

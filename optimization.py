@@ -10,7 +10,8 @@
    static graphs for chosen sizes);
 5. compile with AOTInductor into small packages without weights;
 6. patch them into the pipeline, bound to the transformer's own weights (one copy in memory):
-   the whole transformer, or every block of a kind sharing that kind's program.
+   the whole transformer, or every block of a kind sharing that kind's program; on the GPU, each
+   resolution's step is then replayed as one CUDA graph.
 Steps 1-5 run inside a `@spaces.GPU` function: on ZeroGPU that is the only place with a real GPU.
 """
 
@@ -50,6 +51,7 @@ class OptimizationReport:
     attention: str
     regional: bool  # one program per repeated block kind instead of one for the transformer
     graphs: int  # graphs per compiled module: static ones plus the dynamic one
+    cuda_graphs: bool  # each resolution's step replayed as one CUDA graph
     cached: bool  # loaded from the program cache instead of compiled
     seconds: float  # capture + quantize + export + compile, or the cache load
     package_mb: float
@@ -60,8 +62,9 @@ class OptimizationReport:
         precision = "FP8" if self.fp8 else self.dtype
         graphs = f"{self.graphs} graphs" if self.graphs > 1 else "one graph for all sizes"
         scope = "per repeated block" if self.regional else "whole transformer"
+        replay = ", CUDA graphs" if self.cuda_graphs else ""
         return (
-            f"transformer AoT-compiled ({precision}, attention: {self.attention}, {scope}, {graphs}), "
+            f"transformer AoT-compiled ({precision}, attention: {self.attention}, {scope}, {graphs}{replay}), "
             f"{'loaded from cache' if self.cached else 'compiled'} in {self.seconds:.1f} s, "
             f"package {self.package_mb:.1f} MB"
         )
@@ -200,7 +203,7 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
     if not config.aot:
         attention = set_attention_backend(transformer, config.attention_backend)
         log.info("AoT compilation is off (AOTI=0): the transformer runs eagerly")
-        return OptimizationReport(False, False, dtype, attention, False, 0, False, 0.0, 0.0)
+        return OptimizationReport(False, False, dtype, attention, False, 0, False, False, 0.0, 0.0)
 
     def capture(**size: int) -> aoti.CapturedCall:
         with aoti.capture(transformer) as call:
@@ -228,9 +231,12 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
     start = time.perf_counter()
     programs, fp8, attention, cached = compile_on_gpu()
     apply_programs_(transformer, programs, config, fp8)
+    cuda_graphs = config.cuda_graphs and transformer.device.type == "cuda"
+    if cuda_graphs:  # captured per resolution on its first step, inside the request's GPU function
+        transformer.forward = aoti.CUDAGraphs(transformer.forward)
     package_mb = sum(len(p.package) for group in programs.values() for p in group) / 1e6
     report = OptimizationReport(
-        True, fp8, dtype, attention, config.regional, len(config.static_resolutions) + 1, cached,
+        True, fp8, dtype, attention, config.regional, len(config.static_resolutions) + 1, cuda_graphs, cached,
         time.perf_counter() - start, package_mb,
     )
     log.info("%s", report.summary())

@@ -8,6 +8,7 @@
 
 For many modules of one structure (FLUX's 57 blocks), `export(block, call, dims, weights_as_inputs=True)`
 and `apply(list_of_blocks, program)` load one program and call it with each block's own weights.
+`CUDAGraphs(module.forward)` replays each input shape's call as one CUDA graph.
 `save`/`load` keep a program on disk, `ProgramCache` reuses programs across starts; nothing here depends on ZeroGPU, and all of it runs on
 CPU and CUDA.
 """
@@ -17,6 +18,7 @@ from .artifact import ArtifactError, load, save
 from .cache import ProgramCache
 from .capture import CaptureError, CapturedCall, capture
 from .compile import compile
+from .cudagraphs import CUDAGraphs
 from .dispatch import CompiledForward
 from .export import Exported, export
 from .program import CompiledProgram
@@ -24,6 +26,6 @@ from .signature import Dim, Signature
 from .toolchain import ToolchainError
 
 __all__ = [
-    "ArtifactError", "CaptureError", "CapturedCall", "CompiledForward", "CompiledProgram", "Dim",
+    "ArtifactError", "CaptureError", "CapturedCall", "CUDAGraphs", "CompiledForward", "CompiledProgram", "Dim",
     "Exported", "ProgramCache", "Signature", "ToolchainError", "apply", "capture", "compile", "export", "load", "save",
 ]

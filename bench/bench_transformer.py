@@ -138,35 +138,6 @@ def fp32_reference(model, calls: dict) -> dict:
             m.to(torch.bfloat16)
 
 
-class CUDAGraphed:
-    """Replays one CUDA graph per input shape; inputs are copied into the graph's static buffers."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.graphs: dict = {}
-
-    def __call__(self, **kwargs):
-        key = tuple((k, tuple(v.shape)) for k, v in kwargs.items() if torch.is_tensor(v))
-        if key not in self.graphs:
-            static = {k: v.clone() if torch.is_tensor(v) else v for k, v in kwargs.items()}
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):
-                for _ in range(2):  # lazy loads and allocator warm-up happen outside the capture
-                    self.fn(**static)
-            torch.cuda.current_stream().wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                out = self.fn(**static)
-            self.graphs[key] = (graph, static, out)
-        graph, static, out = self.graphs[key]
-        for k, v in kwargs.items():
-            if torch.is_tensor(v):
-                static[k].copy_(v)
-        graph.replay()
-        return out
-
-
 def median_ms(fn, warmup: int, iters: int) -> float:
     for _ in range(warmup):
         fn()
@@ -349,7 +320,7 @@ def run_rung(
                  weights_gib=weights_gib, fuse_qkv=rung.fuse_qkv, compile_phases=phases)
     measure(name, model, extra)
     if cudagraph:
-        measure(f"{name}+cudagraph", CUDAGraphed(model), extra)
+        measure(f"{name}+cudagraph", aoti.CUDAGraphs(model), extra)  # the app's default on the GPU
 
 
 def environment() -> dict:
