@@ -70,10 +70,14 @@ class OptimizationReport:
         )
 
 
-def fp8_unavailable(granularity: str) -> str | None:
-    """Why FP8 cannot run here, or None. Call it on the GPU (ZeroGPU emulates CUDA elsewhere)."""
+def fp8_unavailable(granularity: str, device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why FP8 cannot run for weights on `device` in `dtype`, or None. Call it on the GPU (ZeroGPU emulates CUDA elsewhere)."""
     if not torch.cuda.is_available():
         return "no CUDA GPU"
+    if device.type != "cuda":
+        return f"the transformer is on {device.type}"
+    if granularity == "row" and dtype != torch.bfloat16:  # torchao's per-row FP8 quantizes bf16 weights only
+        return f"FP8 per-row needs bfloat16 weights, the transformer has {dtype}"
     needed = (9, 0) if granularity == "row" else (8, 9)  # per-row scaled matmul needs Hopper
     capability = torch.cuda.get_device_capability()
     if capability < needed:
@@ -214,7 +218,7 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
     def compile_on_gpu() -> tuple[dict[str, list[aoti.CompiledProgram]], bool, str, bool]:
         # Hardware decisions are made here, where the real card is visible.
         attention = set_attention_backend(transformer, config.attention_backend)
-        unavailable = fp8_unavailable(config.fp8_granularity) if config.fp8 else "switched off (AOTI_FP8=0)"
+        unavailable = fp8_unavailable(config.fp8_granularity, transformer.device, transformer.dtype) if config.fp8 else "switched off (AOTI_FP8=0)"
         fp8 = unavailable is None
         if not fp8:
             log.info("FP8 off: %s; the transformer runs in %s", unavailable, dtype)

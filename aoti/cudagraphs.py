@@ -76,8 +76,15 @@ class CUDAGraphs:
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            out = self.fn(*static_args, **static_kwargs)
+        rng = torch.cuda.default_generators[torch.cuda.current_device()]
+        rng_state = rng.clone_state()
+        try:
+            with torch.cuda.graph(graph, pool=self._pool):
+                out = self.fn(*static_args, **static_kwargs)
+        except RuntimeError:
+            # A failed capture leaves the default generator marked as capturing: every later random op would fail.
+            rng.graphsafe_set_state(rng_state)
+            raise
         return _Graph(graph, (static_args, static_kwargs), out)
 
     def __getstate__(self) -> dict[str, Any]:

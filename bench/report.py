@@ -1,12 +1,13 @@
 """Merge benchmark JSON files into tables; optionally write them into the README.
 
-    python bench/report.py bench/results/h200-x4-full/*/*.json \
-        --coldstart bench/results/coldstart-h200-*.json --startup bench/results/startup-cpu.json [--readme README.md]
+    python bench/report.py bench/results/h200-full/*/*.json --coldstart bench/results/coldstart-h200-fp8.json \
+        bench/results/coldstart-h200-bf16.json --startup bench/results/startup-cpu.json [--readme README.md]
 
 Speed-ups are against the eager rung of the same file, i.e. the same process on the same card.
-Rows compiled without the project's coordinate-descent tuning are marked "(no CD)". The per-size
-table shows each rung's latest run (files in the order given): the rung as the project now
-configures it, not the luckiest of several. The README sections between `<!-- bench:NAME -->`
+AoT rows compiled with inductor options other than the project's current ones are labelled with
+the difference, e.g. "(CD, all directions)" for coordinate-descent tuning. The per-size table
+shows each rung's latest run with the current options (files in the order given): the rung as the
+project now configures it, not the luckiest of several. The README sections between `<!-- bench:NAME -->`
 and `<!-- /bench:NAME -->` are replaced, so the published tables are always generated from the
 committed results.
 """
@@ -17,14 +18,20 @@ import argparse
 import json
 import re
 import shlex
+import sys
 import statistics
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from config import OptimizationConfig  # noqa: E402
 
 BEGIN, END = "<!-- bench:transformer -->", "<!-- /bench:transformer -->"
 COLDSTART_BEGIN, COLDSTART_END = "<!-- bench:coldstart -->", "<!-- /bench:coldstart -->"
 STARTUP_BEGIN, STARTUP_END = "<!-- bench:startup -->", "<!-- /bench:startup -->"
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
-SUMMARY = ("eager", "aot_bf16", "torch_compile", "aot_fp8_row", "torch_compile_fp8")  # per-size table
+# The per-size table; "+cudagraph" rows are the app's default on the GPU.
+SUMMARY = ("eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row+cudagraph", "aot_fp8_row", "torch_compile_fp8")
+SHORT = {"coordinate_descent_tuning": "CD", "coordinate_descent_check_all_directions": "all directions"}
 
 
 def load(paths: list[Path]) -> list[dict]:
@@ -32,14 +39,29 @@ def load(paths: list[Path]) -> list[dict]:
     for order, path in enumerate(paths):
         run = {**json.loads(path.read_text()), "order": order}
         eager = {r["size"]: r for r in run["rows"] if r["rung"] == "eager"}
-        no_cd = not run.get("inductor_configs", {}).get("coordinate_descent_tuning", True)
+        options = options_label(run.get("inductor_configs", {}))
         for row in run["rows"]:
             base = eager.get(row["size"])
             rows.append({
                 **row, "run": run, "speedup": base["ms"] / row["ms"] if base else None,
-                "label": row["rung"] + (" (no CD)" if no_cd and row["rung"] != "eager" else ""),
+                "label": row["rung"] + (options if row["rung"].startswith("aot") else ""),
             })
     return rows
+
+
+def options_label(configs: dict) -> str:
+    """How a run's inductor options differ from the project's current ones ("" when they do not)."""
+    current = OptimizationConfig().inductor_configs
+
+    def effective(options) -> dict:  # search directions mean nothing without the search
+        cd = options.get("coordinate_descent_tuning")
+        return {k: v for k, v in options.items() if cd or k != "coordinate_descent_check_all_directions"}
+
+    configs, current = effective(configs), effective(current)
+    changed = [k for k in sorted({*configs, *current}) if bool(configs.get(k)) != bool(current.get(k))]
+    named = [("" if configs.get(k) else "no ") + SHORT.get(k, k) for k in sorted(changed, key=list(SHORT).index)] if all(
+        k in SHORT for k in changed) else [f"{k}={configs.get(k)}" for k in changed]
+    return f" ({', '.join(named)})" if named else ""
 
 
 def header(rows: list[dict]) -> str:
@@ -84,7 +106,7 @@ def size_table(rows: list[dict]) -> list[str]:
             if rung == "eager":
                 cells.append(f"{eager_range(rows, size)} ms")
                 continue
-            found = [r for r in rows if r["rung"] == rung and r["size"] == size and "(no CD)" not in r["label"]]
+            found = [r for r in rows if r["label"] == rung and r["size"] == size]
             latest = max(found, key=lambda r: r["run"]["order"]) if found else None
             cells.append(f"{latest['ms']:.1f} ms ({latest['speedup']:.2f}x)" if latest else "not measured")
         lines.append(f"| {rung} | " + " | ".join(cells) + " |")
@@ -95,7 +117,8 @@ def render(rows: list[dict]) -> str:
     commands = sorted({r["run"]["env"]["command"] for r in rows})
     return "\n".join([
         header(rows), "", *size_table(rows), "", *full_table(rows, sizes_of(rows)[0]), "",
-        "Commands (each on one GPU of the same 4-GPU machine; `bench/ladder.sh` runs groups in parallel):", "",
+        "Commands (each one process on one H200; runs 1-6 on a 4-GPU machine, one process per GPU at once, "
+        "runs `*-one-gpu` alone on a 1-GPU machine):", "",
         *[f"- `{c}`" for c in commands],
     ])
 
@@ -111,6 +134,10 @@ def render_coldstart(paths: list[Path]) -> str:
         fp8 = run.get("fp8", option(run["command"], "--fp8", ""))
         size = run.get("size", option(run["command"], "--size", "1024x1024"))
         what = f"{'FLUX.1-dev' if model == 'flux-dev' else model}, {f'FP8 per {fp8}' if fp8 else 'bf16'}, {size}"
+        if "inductor_configs" in run:
+            what += f", inductor options {run['inductor_configs']}"
+        else:  # files written before the script recorded them
+            what += ", inductor options of that time (coordinate-descent tuning on)"
         out += [
             f"{what}; {run['device']}, torch {run['torch']}: `{run['command']}`", "",
             "| start | process start to first step, s | compile or load + first step, s | imports, s | weights (excluded), s |",

@@ -5,19 +5,21 @@ import subprocess
 import sys
 from pathlib import Path
 
+from config import OptimizationConfig
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
 import report  # noqa: E402
 
-RESULTS = sorted((ROOT / "bench" / "results" / "h200-x4-full").glob("*/*.json"))
-COLDSTART = sorted((ROOT / "bench" / "results").glob("coldstart-h200-*.json"))
+RESULTS = sorted((ROOT / "bench" / "results" / "h200-full").glob("*/*.json"))
+COLDSTART = [ROOT / "bench" / "results" / f"coldstart-h200-{name}.json" for name in ("fp8", "bf16", "bf16-session3")]
 
 
 def test_readme_tables_are_generated_from_the_committed_results():
     readme = (ROOT / "README.md").read_text()
-    regenerate = ("python bench/report.py bench/results/h200-x4-full/*/*.json --coldstart "
-                  "bench/results/coldstart-h200-*.json --startup bench/results/startup-cpu.json --readme README.md")
+    regenerate = ("python bench/report.py bench/results/h200-full/*/*.json --coldstart bench/results/coldstart-h200-fp8.json "
+                  "bench/results/coldstart-h200-bf16.json bench/results/coldstart-h200-bf16-session3.json "
+                  "--startup bench/results/startup-cpu.json --readme README.md")
     text = report.render(report.load(RESULTS))
     assert f"{report.BEGIN}\n{text}\n{report.END}" in readme, f"README's benchmark section is stale: {regenerate}"
     coldstart = report.render_coldstart(COLDSTART)
@@ -34,7 +36,8 @@ def test_the_per_size_table_shows_each_rungs_latest_run(tmp_path):
                 dict(rung="aot_fp8_row", size="1024x1024", ms=ms, rel_error=0.07)]
         env = dict(torch="t", diffusers="d", torchao="a", command=name)
         path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps(dict(env=env, blocks=[19, 38], inductor_configs={}, rows=rows)))
+        options = dict(OptimizationConfig().inductor_configs)
+        path.write_text(json.dumps(dict(env=env, blocks=[19, 38], inductor_configs=options, rows=rows)))
         return path
 
     table = report.size_table(report.load([run("old", 90.0), run("new", 100.0)]))
@@ -46,7 +49,18 @@ def test_speed_ups_are_against_the_eager_run_of_the_same_process():
     for row in rows:
         eager = next(r for r in row["run"]["rows"] if r["rung"] == "eager" and r["size"] == row["size"])
         assert row["speedup"] == eager["ms"] / row["ms"]
-    assert {"(no CD)" in r["label"] for r in rows if r["rung"] == "aot_fp8_row"} == {True, False}
+    assert {"(CD" in r["label"] for r in rows if r["rung"] == "aot_fp8_row"} == {True, False}
+
+
+def test_rows_are_labelled_with_how_their_inductor_options_differ_from_the_current_ones():
+    current = dict(OptimizationConfig().inductor_configs)
+    assert report.options_label(current) == ""
+    assert report.options_label({**current, "coordinate_descent_check_all_directions": True}) == ""  # no search: no effect
+    assert report.options_label({**current, "coordinate_descent_tuning": True}) == " (CD)"
+    assert report.options_label(
+        {**current, "coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True}
+    ) == " (CD, all directions)"
+    assert report.options_label({**current, "epilogue_fusion": True}) == " (epilogue_fusion=True)"
 
 
 def test_the_benchmark_runs_its_rungs_through_the_project_path(tmp_path):

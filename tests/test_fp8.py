@@ -16,21 +16,24 @@ from conftest import load_pipeline
 
 
 @pytest.mark.parametrize(
-    "available, capability, granularity, reason",
+    "available, capability, granularity, device, dtype, reason",
     [
-        (False, None, "row", "no CUDA GPU"),
-        (True, (8, 6), "tensor", "needs (8, 9)"),
-        (True, (8, 9), "row", "needs (9, 0)"),
-        (True, (8, 9), "tensor", None),
-        (True, (9, 0), "row", None),
-        (True, (12, 0), "row", None),
+        (False, None, "row", "cuda", torch.bfloat16, "no CUDA GPU"),
+        (True, (9, 0), "row", "cpu", torch.bfloat16, "transformer is on cpu"),  # a GPU machine, a model kept on CPU
+        (True, (9, 0), "row", "cuda", torch.float32, "needs bfloat16 weights"),
+        (True, (8, 6), "tensor", "cuda", torch.bfloat16, "needs (8, 9)"),
+        (True, (8, 9), "row", "cuda", torch.bfloat16, "needs (9, 0)"),
+        (True, (8, 9), "tensor", "cuda", torch.bfloat16, None),
+        (True, (8, 9), "tensor", "cuda", torch.float16, None),
+        (True, (9, 0), "row", "cuda", torch.bfloat16, None),
+        (True, (12, 0), "row", "cuda", torch.bfloat16, None),
     ],
 )
-def test_fp8_needs_a_capable_gpu(monkeypatch, available, capability, granularity, reason):
+def test_fp8_needs_a_capable_gpu(monkeypatch, available, capability, granularity, device, dtype, reason):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
-    result = optimization.fp8_unavailable(granularity)
+    result = optimization.fp8_unavailable(granularity, torch.device(device), dtype)
     assert result == reason if reason is None else reason in result
 
 
@@ -49,7 +52,7 @@ def bf16_image():
 @pytest.mark.parametrize("regional", [True, False])
 def test_fp8_quantize_export_compile_apply(monkeypatch, bf16_image, regional):
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
-    monkeypatch.setattr(optimization, "fp8_unavailable", lambda granularity: None)
+    monkeypatch.setattr(optimization, "fp8_unavailable", lambda *args: None)
     reference = bf16_image
     pipe = load_pipeline(torch.bfloat16)
     report = optimization.optimize_pipeline_(
