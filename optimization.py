@@ -71,7 +71,10 @@ class OptimizationReport:
 
 
 def fp8_unavailable(granularity: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why FP8 cannot run for weights on `device` in `dtype`, or None. Call it on the GPU (ZeroGPU emulates CUDA elsewhere)."""
+    """Why FP8 cannot run for weights on `device` in `dtype`, or None.
+
+    Call it on the GPU: ZeroGPU emulates CUDA elsewhere.
+    """
     if not torch.cuda.is_available():
         return "no CUDA GPU"
     if device.type != "cuda":
@@ -218,7 +221,10 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
     def compile_on_gpu() -> tuple[dict[str, list[aoti.CompiledProgram]], bool, str, bool]:
         # Hardware decisions are made here, where the real card is visible.
         attention = set_attention_backend(transformer, config.attention_backend)
-        unavailable = fp8_unavailable(config.fp8_granularity, transformer.device, transformer.dtype) if config.fp8 else "switched off (AOTI_FP8=0)"
+        unavailable = (
+            fp8_unavailable(config.fp8_granularity, transformer.device, transformer.dtype)
+            if config.fp8 else "switched off (AOTI_FP8=0)"
+        )
         fp8 = unavailable is None
         if not fp8:
             log.info("FP8 off: %s; the transformer runs in %s", unavailable, dtype)
@@ -236,7 +242,7 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
     programs, fp8, attention, cached = compile_on_gpu()
     apply_programs_(transformer, programs, config, fp8)
     cuda_graphs = config.cuda_graphs and transformer.device.type == "cuda"
-    if cuda_graphs:  # captured per resolution on its first step, inside the request's GPU function
+    if cuda_graphs:  # captured per resolution on its second step, inside the request's GPU function
         transformer.forward = aoti.CUDAGraphs(transformer.forward)
     package_mb = sum(len(p.package) for group in programs.values() for p in group) / 1e6
     report = OptimizationReport(

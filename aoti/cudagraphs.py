@@ -25,9 +25,10 @@ class CUDAGraphs:
 
     The first call of a shape runs `fn` directly: it does what a capture cannot hold (loading
     programs lazily, allocating workspaces), so capturing costs no extra step. Inputs are copied
-    into the graph's own buffers; outputs are cloned, so a result stays valid after the next call. Graphs share one memory pool and the `max_graphs` most recently used are
-    kept. Calls with tensors off the GPU, and calls whose capture fails (a CPU sync inside `fn`),
-    run `fn` directly. Graphs are per process: dropped on fork and when pickled.
+    into the graph's own buffers; outputs are cloned, so a result stays valid after the next call.
+    Graphs share one memory pool and the `max_graphs` most recently used are kept. Calls with
+    tensors off the GPU, and calls whose capture fails (a CPU sync inside `fn`), run `fn`
+    directly. Graphs are per process: dropped on fork and when pickled.
     """
 
     def __init__(self, fn: Callable[..., Any], max_graphs: int = 8):
