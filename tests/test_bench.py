@@ -79,6 +79,19 @@ def test_the_benchmark_runs_its_rungs_through_the_project_path(tmp_path):
             eager = next(r for r in rows if r["rung"] == "eager" and r["size"] == row["size"])
             assert row["rel_error"] <= 1.5 * eager["rel_error"]  # issue 3's accuracy bound for compiled bf16
             assert row["programs"] == 2 and row["compile_s"] > 0 and row["package_mb"] > 0
+            phases = row["compile_phases"]  # where the compile's time went, by inductor stage
+            assert phases["torch.export"]["calls"] == phases["AOTInductor compile, total"]["calls"] == 2
+            assert 0 < phases["g++ runs"]["s"] < phases["AOTInductor compile, total"]["s"] < row["compile_s"]
     profiled = json.loads(out.read_text())["rows"]
     assert all(r["profile"]["kernels"] > 0 and r["profile"]["top"] for r in profiled)
     assert "| aot_bf16 |" in report.render(rows)
+
+
+def test_compile_phases_restores_what_it_timed():
+    import torch._inductor.graph as graph
+    from compile_phases import compile_phases
+
+    run = graph.GraphLowering.run
+    with compile_phases() as phases:
+        assert graph.GraphLowering.run is not run
+    assert graph.GraphLowering.run is run and phases == {}  # stages that never ran are left out
