@@ -138,6 +138,13 @@ def fp32_reference(model, calls: dict) -> dict:
             m.to(torch.bfloat16)
 
 
+def quantize_fp8_like_a_user_(model, granularity: str) -> None:
+    """FP8 for the torch.compile reference: torchao's defaults, which also switch on coordinate-descent
+    tuning for the process (the project's `quantize_fp8_` keeps them off)."""
+    scale = PerRow() if granularity == "row" else PerTensor()
+    quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=scale))
+
+
 def median_ms(fn, warmup: int, iters: int) -> float:
     for _ in range(warmup):
         fn()
@@ -303,9 +310,8 @@ def run_rung(
     if rung.kind == "torch_compile":
         if rung.fuse_qkv:
             optimization.fuse_qkv_(model)
-        if rung.fp8:  # as a user would: torchao's defaults, which also switch on coordinate-descent tuning
-            scale = PerRow() if rung.fp8 == "row" else PerTensor()
-            quantize_(model, Float8DynamicActivationFloat8WeightConfig(granularity=scale))
+        if rung.fp8:
+            quantize_fp8_like_a_user_(model, rung.fp8)
         measure(name, torch.compile(model, fullgraph=True), extra)
         return
     start = time.perf_counter()

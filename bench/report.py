@@ -18,8 +18,8 @@ import argparse
 import json
 import re
 import shlex
-import sys
 import statistics
+import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
