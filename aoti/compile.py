@@ -26,7 +26,7 @@ REQUIRED_INDUCTOR_CONFIGS = {
 WITHOUT_CPU_KERNELS = {"cpp.vec_isa_ok": False}
 
 
-def device_types(program: torch.export.ExportedProgram) -> set[str]:
+def _device_types(program: torch.export.ExportedProgram) -> set[str]:
     """The devices of the program's inputs (weights included)."""
     return {
         node.meta["val"].device.type
@@ -37,7 +37,7 @@ def device_types(program: torch.export.ExportedProgram) -> set[str]:
 
 def compile(exported: Exported, inductor_configs: Mapping[str, Any] | None = None) -> CompiledProgram:
     """Compile with AOTInductor; `inductor_configs` are torch._inductor.config options as data."""
-    skips = WITHOUT_CPU_KERNELS if "cpu" not in device_types(exported.program) else {}
+    skips = WITHOUT_CPU_KERNELS if "cpu" not in _device_types(exported.program) else {}
     configs = {**skips, **(inductor_configs or {}), **REQUIRED_INDUCTOR_CONFIGS}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="aoti-") as tmp:

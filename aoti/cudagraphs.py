@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map_only
+from torch.utils._pytree import TreeSpec, tree_flatten, tree_map_only
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +42,11 @@ class CUDAGraphs:
         self._lock = threading.Lock()  # the graphs' input and output buffers are shared state
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        tensors = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        leaves, spec = tree_flatten((args, kwargs))
+        tensors = [x for x in leaves if isinstance(x, torch.Tensor)]
         if not tensors or any(not t.is_cuda for t in tensors):
             return self.fn(*args, **kwargs)
-        key = _key(args, kwargs)
+        key = _key(leaves, spec)
         with self._lock:
             if self._pid != os.getpid():
                 self._graphs, self._called, self._uncapturable = OrderedDict(), set(), set()
@@ -65,7 +66,7 @@ class CUDAGraphs:
                 while len(self._graphs) > self.max_graphs:
                     self._graphs.popitem(last=False)
             self._graphs.move_to_end(key)
-            return graph.run(args, kwargs)
+            return graph.run(leaves)
 
     @property
     def shapes(self) -> int:
@@ -99,17 +100,17 @@ class _Graph:
     def __init__(self, graph: torch.cuda.CUDAGraph, inputs: tuple, out: Any):
         self.graph, self.inputs, self.out = graph, tree_flatten(inputs)[0], out
 
-    def run(self, args: tuple, kwargs: dict) -> Any:
-        for static, value in zip(self.inputs, tree_flatten((args, kwargs))[0]):
+    def run(self, leaves: list) -> Any:
+        """Replay with the values of a call flattened like the captured one (same key)."""
+        for static, value in zip(self.inputs, leaves):
             if isinstance(static, torch.Tensor):
                 static.copy_(value)
         self.graph.replay()
         return tree_map_only(torch.Tensor, torch.clone, self.out)
 
 
-def _key(args: tuple, kwargs: dict) -> tuple:
+def _key(leaves: list, spec: TreeSpec) -> tuple:
     """What a captured graph is specific to: tensor shapes, dtypes and devices, and every other value."""
-    leaves, spec = tree_flatten((args, kwargs))
     return (str(spec), *(
         (tuple(x.shape), x.dtype, x.device) if isinstance(x, torch.Tensor) else (type(x).__name__, repr(x)) for x in leaves
     ))

@@ -59,8 +59,11 @@ def options_label(configs: dict) -> str:
 
     configs, current = effective(configs), effective(current)
     changed = [k for k in sorted({*configs, *current}) if bool(configs.get(k)) != bool(current.get(k))]
-    named = [("" if configs.get(k) else "no ") + SHORT.get(k, k) for k in sorted(changed, key=list(SHORT).index)] if all(
-        k in SHORT for k in changed) else [f"{k}={configs.get(k)}" for k in changed]
+    order = [*SHORT, *sorted(set(changed) - set(SHORT))]
+    named = [
+        ("" if configs.get(k) else "no ") + SHORT[k] if k in SHORT else f"{k}={configs.get(k)}"
+        for k in sorted(changed, key=order.index)
+    ]
     return f" ({', '.join(named)})" if named else ""
 
 

@@ -12,10 +12,14 @@ import pytest
 import torch
 
 import aoti
-from aoti.cudagraphs import _key
+from aoti.cudagraphs import _key as key_of_leaves
 from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
 from conftest import load_pipeline
 from optimization import optimize_pipeline_
+
+def _key(args, kwargs):
+    return key_of_leaves(*torch.utils._pytree.tree_flatten((args, kwargs)))
+
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
