@@ -231,6 +231,9 @@ def main() -> None:
                         help="also time each AoT rung replayed as one CUDA graph per size (same compiled program)")
     parser.add_argument("--profile", action="store_true",
                         help="also record each rung's kernels per step at each size (where the time goes)")
+    parser.add_argument("--compile-cache", type=Path, default=None, metavar="FILE",
+                        help="torch.compile's portable cache: loaded before the torch_compile rungs when FILE exists, "
+                             "saved after them (one device call pays their 430 s first compile, the next reuses it)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--json", type=Path, required=True)
@@ -280,7 +283,7 @@ def main() -> None:
             model = build(config, device, torch.bfloat16)
         try:
             run_rung(name, rung, model, calls, sizes[0], args.static_sizes if rung.static else "", inductor, measure,
-                     args.cudagraph and device == "cuda")
+                     args.cudagraph and device == "cuda", args.compile_cache)
         except Exception as error:  # one failing rung must not lose the others' numbers
             results.setdefault("failures", {})[name] = f"{type(error).__name__}: {error}"[:2000]
             print(f"RUNG {name} FAILED: {error!r}", flush=True)
@@ -296,7 +299,7 @@ def main() -> None:
 
 def run_rung(
     name: str, rung: Rung, model, calls: dict, example: tuple[int, int], static_sizes: str, inductor: dict, measure,
-    cudagraph: bool,
+    cudagraph: bool, compile_cache: Path | None,
 ) -> None:
     config = OptimizationConfig(
         fp8_granularity=rung.fp8 or "row", regional=rung.regional, fuse_qkv=rung.fuse_qkv, cache=False,
@@ -312,7 +315,14 @@ def run_rung(
             optimization.fuse_qkv_(model)
         if rung.fp8:
             quantize_fp8_like_a_user_(model, rung.fp8)
+        # A loaded cache makes first_call_s a warm start: the row says so.
+        extra.update(compile_cache=bool(compile_cache and compile_cache.exists()))
+        if extra["compile_cache"]:
+            torch.compiler.load_cache_artifacts(compile_cache.read_bytes())
         measure(name, torch.compile(model, fullgraph=True), extra)
+        print(f"{name}: inductor caches {dict(torch._dynamo.utils.counters['inductor'])}", flush=True)
+        if compile_cache and not extra["compile_cache"] and (artifacts := torch.compiler.save_cache_artifacts()):
+            compile_cache.write_bytes(artifacts[0])
         return
     start = time.perf_counter()
     static = [aoti.CapturedCall((), calls[size]) for size in config.static_resolutions]
