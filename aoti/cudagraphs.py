@@ -74,7 +74,9 @@ class CUDAGraphs:
         return len(self._graphs)
 
     def _capture(self, args: tuple, kwargs: dict) -> _Graph:
-        static_args, static_kwargs = tree_map_only(torch.Tensor, torch.clone, (args, kwargs))
+        # Normal tensors, even when captured under inference mode: a later call outside it copies into them.
+        with torch.inference_mode(False):
+            static_args, static_kwargs = tree_map_only(torch.Tensor, torch.clone, (args, kwargs))
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()

@@ -267,7 +267,8 @@ def main() -> None:
                 row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
                 row["allocated_gib"] = torch.cuda.memory_allocated() / 2**30
             if args.profile:
-                row["profile"] = kernel_profile(lambda: model(**kwargs))
+                with torch.inference_mode():  # as timed
+                    row["profile"] = kernel_profile(lambda: model(**kwargs))
             results["rows"].append(row)
             print(json.dumps(row), flush=True)
             save()
@@ -320,7 +321,8 @@ def run_rung(
         if extra["compile_cache"]:
             torch.compiler.load_cache_artifacts(compile_cache.read_bytes())
         measure(name, torch.compile(model, fullgraph=True), extra)
-        print(f"{name}: inductor caches {dict(torch._dynamo.utils.counters['inductor'])}", flush=True)
+        print(f"{name}: inductor caches {dict(torch._dynamo.utils.counters['inductor'])}\n"
+              f"{torch._dynamo.utils.compile_times()}", flush=True)
         if compile_cache and not extra["compile_cache"] and (artifacts := torch.compiler.save_cache_artifacts()):
             compile_cache.write_bytes(artifacts[0])
         return

@@ -83,6 +83,19 @@ def test_replay_matches_direct_calls_for_each_shape():
 
 
 @cuda
+def test_graphs_captured_in_inference_mode_replay_outside_it_and_back():
+    """diffusers' pipelines run under no_grad, a caller may use inference_mode: one graph serves both."""
+    linear = torch.nn.Linear(64, 64).cuda().requires_grad_(False)
+    graphed = aoti.CUDAGraphs(linear)
+    x = torch.randn(8, 64, device="cuda")
+    modes = (torch.inference_mode, torch.inference_mode, torch.no_grad, torch.inference_mode, torch.no_grad)
+    for i, mode in enumerate(modes):  # the second call captures, in inference mode
+        with mode():
+            assert torch.allclose(graphed(x + i), linear(x + i))
+    assert graphed.shapes == 1
+
+
+@cuda
 def test_a_call_that_cannot_be_captured_runs_directly(caplog):
     def syncs(x):
         return x * x.sum().item()  # a CPU sync: not allowed while capturing
