@@ -89,7 +89,7 @@ def full_table(rows: list[dict], size: str) -> list[str]:
         compile_s = r.get("compile_s") or (r.get("first_call_s") if r["rung"].startswith("torch_compile") else None)
         lines.append(
             f"| {r['label']} | {r.get('attention', '')} | {r['ms']:.1f} | {r['speedup']:.2f}x | {r['rel_error']:.1e} | {r.get('peak_gib', 0):.1f} | "
-            f"{fmt(compile_s, '.0f')} | {fmt(r.get('package_mb'), '.1f')} |"
+            f"{fmt(compile_s, '.0f')}{' (portable cache)' * bool(r.get('compile_cache'))} | {fmt(r.get('package_mb'), '.1f')} |"
         )
     return lines
 
