@@ -69,11 +69,14 @@ def options_label(configs: dict) -> str:
 
 def header(rows: list[dict]) -> str:
     env, blocks = rows[0]["run"]["env"], rows[0]["run"]["blocks"]
+    # Runs before the inputs were recorded used guidance 3.5, which bf16 rounds (bench_transformer.GUIDANCE).
+    guidance = sorted({r["run"].get("inputs", {}).get("guidance", 3.5) for r in rows})
     return (
         f"{env.get('card', 'CPU')}, driver {env.get('driver', '-')}, CUDA {env.get('cuda', '-')}, torch {env['torch']}, "
         f"diffusers {env['diffusers']}, torchao {env['torchao']}. FLUX.1-dev transformer ({blocks[0]}+{blocks[1]} blocks, "
         "random bf16 weights), one denoising step, median of 10 CUDA-event timings after warm-up; speed-up against "
-        "eager bf16 measured in the same process on the same card; error is ||out - ref|| / ||ref|| against fp32 eager."
+        "eager bf16 measured in the same process on the same card; error is ||out - ref|| / ||ref|| against fp32 eager, "
+        f"guidance {' or '.join(map(str, guidance))}."
     )
 
 

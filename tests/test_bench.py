@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from config import OptimizationConfig
 from conftest import ROOT
 
@@ -95,3 +97,13 @@ def test_compile_phases_restores_what_it_timed():
     with compile_phases() as phases:
         assert graph.GraphLowering.run is not run
     assert graph.GraphLowering.run is run and phases == {}  # stages that never ran are left out
+
+
+def test_the_benchmark_conditioning_is_exact_in_bf16():
+    """The transformer scales timestep and guidance by 1000 in bf16: a value that rounds there shifts the
+    conditioning against the fp32 reference, and that shift would dominate every rung's error."""
+    import bench_transformer
+
+    for value in (bench_transformer.TIMESTEP, bench_transformer.GUIDANCE):
+        assert (torch.tensor(value).bfloat16() * 1000).item() == value * 1000
+    assert (torch.tensor(3.5).bfloat16() * 1000).item() != 3500  # FLUX's usual guidance would not be
