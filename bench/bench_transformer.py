@@ -327,6 +327,7 @@ def run_rung(
         extra.update(compile_cache=bool(compile_cache and compile_cache.exists()))
         if extra["compile_cache"]:
             torch.compiler.load_cache_artifacts(compile_cache.read_bytes())
+        torch._dynamo.utils.counters.clear()  # the cache counters printed below: this rung's, not earlier AoT compiles'
         measure(name, torch.compile(model, fullgraph=True), extra)
         print(f"{name}: inductor caches {dict(torch._dynamo.utils.counters['inductor'])}\n"
               f"{torch._dynamo.utils.compile_times()}", flush=True)
