@@ -289,6 +289,9 @@ def main() -> None:
             if device == "cuda":
                 torch.cuda.empty_cache()
             model = build(config, device, torch.bfloat16)
+        # torchao's defaults (the torch.compile FP8 rung) switch on coordinate-descent tuning for the whole
+        # process: without the restore, every later AoT rung would compile with it too.
+        inductor_before = torch._inductor.config.get_config_copy()
         try:
             run_rung(name, rung, model, calls, sizes[0], args.static_sizes if rung.static else "", inductor, measure,
                      args.cudagraph and device == "cuda", args.compile_cache)
@@ -296,6 +299,7 @@ def main() -> None:
             results.setdefault("failures", {})[name] = f"{type(error).__name__}: {error}"[:2000]
             print(f"RUNG {name} FAILED: {error!r}", flush=True)
             save()
+        torch._inductor.config.load_config(inductor_before)
         if rung.kind != "eager":
             model = None  # compiled, quantized or fused: the next rung starts from a fresh model
             torch._dynamo.reset()
