@@ -42,8 +42,9 @@ def test_the_per_size_table_shows_each_rungs_latest_run(tmp_path):
         path.write_text(json.dumps(dict(env=env, blocks=[19, 38], inductor_configs=options, rows=rows)))
         return path
 
-    table = report.size_table(report.load([run("old", 90.0), run("new", 100.0)]))
-    assert "| aot_fp8_row | 100.0 ms (1.50x) |" in table
+    # Latest by the run's number, not by the shell's glob order (which puts run10 before run9).
+    table = report.size_table(report.load([run("run10", 100.0), run("run9", 90.0)]))
+    assert "| aot_fp8_row | 100.0 ms (1.50x, error 7.0e-02*) |" in table  # * no inputs recorded: guidance 3.5
 
 
 def test_speed_ups_are_against_the_eager_run_of_the_same_process():
@@ -107,3 +108,8 @@ def test_the_benchmark_conditioning_is_exact_in_bf16():
     for value in (bench_transformer.TIMESTEP, bench_transformer.GUIDANCE):
         assert (torch.tensor(value).bfloat16() * 1000).item() == value * 1000
     assert (torch.tensor(3.5).bfloat16() * 1000).item() != 3500  # FLUX's usual guidance would not be
+
+
+def test_the_report_marks_errors_of_inputs_that_bf16_rounds():
+    for value in (0.5, 1.0, 2.5, 3.5, 4.0, 5.0, 7.5):
+        assert report.rounded_in_bf16(value) == ((torch.tensor(value).bfloat16() * 1000).item() != value * 1000), value
