@@ -7,9 +7,9 @@ Speed-ups are against the eager rung of the same file, i.e. the same process on 
 AoT rows compiled with inductor options other than the project's current ones are labelled with
 the difference, e.g. "(CD, all directions)" for coordinate-descent tuning. The per-size table
 shows each rung's latest run with the current options (files in natural order of their paths, so
-run10 comes after run9): the rung as the project now configures it, not the luckiest of several. The README sections between `<!-- bench:NAME -->`
-and `<!-- /bench:NAME -->` are replaced, so the published tables are always generated from the
-committed results.
+run10 comes after run9): the rung as the project now configures it, not the luckiest of several.
+The README sections between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` are replaced, so the
+published tables are always generated from the committed results.
 """
 
 from __future__ import annotations
@@ -107,8 +107,9 @@ def full_table(rows: list[dict], size: str) -> list[str]:
     ]
     picked = [r for r in rows if r["size"] == size]
     eager = [r for r in picked if r["rung"] == "eager"]
-    by_inputs = {rounded: [r for r in eager if rounded_in_bf16(guidance(r)) == rounded] for rounded in (False, True)}
-    errors = [error(sorted(group, key=lambda r: r["rel_error"])[(len(group) - 1) // 2]) for group in by_inputs.values() if group]
+    # One median per kind of inputs: errors at rounded and at exact guidance are not comparable.
+    groups = [[r for r in eager if rounded_in_bf16(guidance(r)) == rounded] for rounded in (False, True)]
+    errors = [error(sorted(g, key=lambda r: r["rel_error"])[(len(g) - 1) // 2]) for g in groups if g]
     lines.append(f"| eager, one per process (median error) | native | {eager_range(rows, size)} | 1.00x | "
                  f"{' / '.join(errors)} | | | |")
     for r in sorted((r for r in picked if r["rung"] != "eager"), key=lambda r: r["ms"]):
