@@ -76,9 +76,16 @@ def guidance(row: dict) -> float:
     return row["run"].get("inputs", {}).get("guidance", 3.5)
 
 
+def bf16(value: float) -> float:
+    """`value` rounded to bfloat16 (the top 16 bits of its float32, rounded to nearest even)."""
+    bits = struct.unpack("<I", struct.pack("<f", value))[0]
+    bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+
 def rounded_in_bf16(value: float) -> bool:
-    """Whether the transformer's value*1000, computed in bf16, differs from fp32's (low 16 bits of the float32)."""
-    return struct.unpack("<I", struct.pack("<f", value * 1000))[0] & 0xFFFF != 0
+    """Whether the transformer's value*1000, computed in bf16, differs from fp32's."""
+    return bf16(value * 1000) != value * 1000
 
 
 def error(row: dict) -> str:
@@ -89,8 +96,9 @@ def header(rows: list[dict]) -> str:
     env, blocks = rows[0]["run"]["env"], rows[0]["run"]["blocks"]
     exact = sorted({guidance(r) for r in rows if not rounded_in_bf16(guidance(r))})
     shifted = sorted({guidance(r) for r in rows if rounded_in_bf16(guidance(r))})
+    shifts = ", ".join(f"{g * 1000:g} becomes {bf16(g * 1000):g}" for g in shifted)
     note = (f"; errors marked * are from runs at guidance {' or '.join(map(str, shifted))}, which bf16 shifts inside the "
-            "transformer (3500 becomes 3504) while the reference does not: they measure mostly that shift") if shifted else ""
+            f"transformer ({shifts}) while the reference does not: they measure mostly that shift") if shifted else ""
     return (
         f"{env.get('card', 'CPU')}, driver {env.get('driver', '-')}, CUDA {env.get('cuda', '-')}, torch {env['torch']}, "
         f"diffusers {env['diffusers']}, torchao {env['torchao']}. FLUX.1-dev transformer ({blocks[0]}+{blocks[1]} blocks, "

@@ -113,3 +113,4 @@ def test_the_benchmark_conditioning_is_exact_in_bf16():
 def test_the_report_marks_errors_of_inputs_that_bf16_rounds():
     for value in (0.5, 1.0, 2.5, 3.5, 4.0, 5.0, 7.5):
         assert report.rounded_in_bf16(value) == ((torch.tensor(value).bfloat16() * 1000).item() != value * 1000), value
+        assert report.bf16(value * 1000) == torch.tensor(value * 1000).bfloat16().item()
