@@ -134,8 +134,8 @@ def infer(
         prompt: What to draw. Must not be empty; T5 reads the first 512 tokens, CLIP the first 77.
         seed: Random seed, an integer from 0 to 2147483647. The same seed and settings give the same image.
         randomize_seed: If true, ignore `seed` and draw a new one (returned as the second output).
-        width: Image width in pixels: a multiple of 16 from 256 to 2048. Other values are rejected.
-        height: Image height in pixels: a multiple of 16 from 256 to 2048. Other values are rejected.
+        width: Image width in pixels: a multiple of 32 from 256 to 2048. Other values are rejected.
+        height: Image height in pixels: a multiple of 32 from 256 to 2048. Other values are rejected.
         guidance_scale: How closely to follow the prompt, from 1 to 15 (FLUX.1-dev: 3.5).
         num_inference_steps: Denoising steps, from 1 to the Space's maximum (50 by default); more is slower and finer.
 

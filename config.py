@@ -19,8 +19,9 @@ EMBEDDED_MODEL = str(Path(__file__).resolve().parent / "assets" / "tiny-flux")
 HUB_MODEL = "black-forest-labs/FLUX.1-dev"
 
 # Resolution range of the UI and of the one compiled graph, per side (the official FLUX.1-dev
-# Space's range). FLUX turns 16x16 pixels into one transformer token (8x VAE, 2x2 packing).
-MIN_SIZE, MAX_SIZE, SIZE_STEP = 256, 2048, 16
+# Space's range and step). FLUX turns 16x16 pixels into one transformer token (8x VAE, 2x2 packing),
+# so sides in steps of 32 make the image tokens a multiple of 4, which the compiled graph relies on.
+MIN_SIZE, MAX_SIZE, SIZE_STEP = 256, 2048, 32
 PIXELS_PER_TOKEN = 16
 MAX_SEQUENCE_LENGTH = 512  # T5 tokens; the compiled graph has this static text length
 MAX_SEED = 2**31 - 1
@@ -51,8 +52,10 @@ class OptimizationConfig:
     hub_repo: str = field(default="", metadata=env("AOTI_HUB_REPO"))  # also pull/push programs here (needs HF_TOKEN)
     # torch._inductor.config options, from flux-fast's recipe minus its coordinate-descent tuning:
     # on the H200 that made the FP8 compile 249 s instead of 29 s for no faster steps (bench/NOTES.md).
+    # Unsplit reductions: one kernel finds each row's FP8 scale and casts the row, instead of a
+    # reduction in 30 chunks and a separate cast (per-tensor scales keep the split, see `compiler_options`).
     inductor_configs: Mapping[str, Any] = field(
-        default_factory=lambda: MappingProxyType({"conv_1x1_as_mm": True, "epilogue_fusion": False})
+        default_factory=lambda: MappingProxyType({"conv_1x1_as_mm": True, "epilogue_fusion": False, "split_reductions": False})
     )
 
     def __post_init__(self) -> None:
@@ -68,6 +71,14 @@ class OptimizationConfig:
         if persistent.is_dir() and os.access(persistent, os.W_OK):
             return persistent / "aoti-cache"
         return Path.home() / ".cache" / "aoti"
+
+    @property
+    def compiler_options(self) -> dict[str, Any]:
+        """`inductor_configs` as compiled. A per-tensor FP8 scale reduces a whole activation: unsplit,
+        that would run in one thread block."""
+        if self.fp8 and self.fp8_granularity == "tensor":
+            return {**self.inductor_configs, "split_reductions": True}
+        return dict(self.inductor_configs)
 
     @property
     def static_resolutions(self) -> tuple[tuple[int, int], ...]:

@@ -32,12 +32,17 @@ from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Floa
 
 import aoti
 from attention import set_attention_backend
-from config import MAX_SEQUENCE_LENGTH, MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, OptimizationConfig
+from config import MAX_SEQUENCE_LENGTH, MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, OptimizationConfig
 
 log = logging.getLogger(__name__)
 
-# FLUX's image tokens: the only axes that change with the resolution.
-IMAGE_SEQ = aoti.Dim("image_seq", (MIN_SIZE // PIXELS_PER_TOKEN) ** 2, (MAX_SIZE // PIXELS_PER_TOKEN) ** 2)
+# FLUX's image tokens: the only axes that change with the resolution. Always a multiple of
+# (SIZE_STEP / PIXELS_PER_TOKEN)^2 = 4: kernels over a multiple of 4 tokens then need no bounds masks
+# (the single blocks' FP8 cast: 0.16 -> 0.14 ms at 1024x1024, as fast as in a static graph).
+IMAGE_SEQ = aoti.Dim(
+    "image_seq", (MIN_SIZE // PIXELS_PER_TOKEN) ** 2, (MAX_SIZE // PIXELS_PER_TOKEN) ** 2,
+    multiple=(SIZE_STEP // PIXELS_PER_TOKEN) ** 2,
+)
 DYNAMIC_AXES = {"hidden_states": {1: IMAGE_SEQ}, "img_ids": {0: IMAGE_SEQ}}
 # A block's call: the rotary table spans the (static) text tokens and the image tokens.
 BLOCK_AXES = {"hidden_states": {1: IMAGE_SEQ}, "image_rotary_emb": {0: IMAGE_SEQ + MAX_SEQUENCE_LENGTH}}
@@ -145,7 +150,7 @@ def fingerprint(
         "regional": config.regional,
         "fuse_qkv": config.fuse_qkv,
         "static_sizes": config.static_resolutions,
-        "inductor_configs": dict(config.inductor_configs),
+        "inductor_configs": config.compiler_options,
         "example_call": {k: v for k, v in example_call.items() if isinstance(v, (int, float, str, bool))},
         "diffusers": diffusers.__version__,
         "torchao": torchao.__version__,
@@ -176,7 +181,7 @@ def compile_transformer(
         quantize_compiled_modules_(transformer, config)
     return {
         kind: [
-            aoti.compile(aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional), config.inductor_configs)
+            aoti.compile(aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional), config.compiler_options)
             for call, dims in zip(kind_calls, dynamic)
         ]
         for kind, kind_calls in module_calls.items()

@@ -29,16 +29,21 @@ class Dim:
     """A named dynamic dimension with an inclusive range; axes that share a name share a size.
 
     `dim + k` is an axis always k longer (FLUX's rotary table spans text + image tokens).
+    With `multiple`, every size is a multiple of it, and the compiler knows: kernels whose
+    length is then a multiple of their largest block drop their bounds masks, as in a static graph.
     """
 
     name: str
     min: int
     max: int
     offset: int = 0
+    multiple: int = 1
 
     def __post_init__(self) -> None:
         if not 2 <= self.min <= self.max:
             raise ValueError(f"Dim {self.name}: need 2 <= min <= max, got {self.min}..{self.max}")
+        if self.multiple < 1 or self.min % self.multiple or self.max % self.multiple:
+            raise ValueError(f"Dim {self.name}: min and max must be multiples of {self.multiple}")
 
     def __add__(self, offset: int) -> Dim:
         return dataclasses.replace(self, offset=self.offset + offset)
@@ -52,8 +57,21 @@ class Dim:
         """How a tensor spec names this axis: `name`, or `name+offset`."""
         return f"{self.name}{self.offset:+d}" if self.offset else self.name
 
+    def admits(self, size: int) -> bool:
+        """Whether an axis of this Dim (offset included) can have `size`."""
+        size -= self.offset
+        return self.min <= size <= self.max and size % self.multiple == 0
+
     def to_export(self, export_dims: dict[str, torch.export.Dim]) -> Any:
-        base = export_dims.setdefault(self.name, torch.export.Dim(self.name, min=self.min, max=self.max))
+        base = export_dims.get(self.name)
+        if base is None:
+            if self.multiple == 1:
+                base = torch.export.Dim(self.name, min=self.min, max=self.max)
+            else:  # a derived dim: the size is `multiple` times a free symbol
+                unit = torch.export.Dim(f"{self.name}_over_{self.multiple}", min=self.min // self.multiple,
+                                        max=self.max // self.multiple)
+                base = self.multiple * unit
+            export_dims[self.name] = base
         return base + self.offset if self.offset else base
 
 
@@ -93,7 +111,7 @@ class Signature:
             for axis, dim in axes.items():
                 if dims.setdefault(dim.name, dim.base) != dim.base:
                     raise ValueError(f"two different Dims are named {dim.name!r}")
-                if not dim.min <= value.shape[axis] - dim.offset <= dim.max:
+                if not dim.admits(value.shape[axis]):
                     raise ValueError(f"{key} axis {axis} = {value.shape[axis]} is outside {dim}")
                 shape[axis] = dim.key
             leaves.append((key, TensorSpec(str(value.dtype).removeprefix("torch."), value.device.type, tuple(shape))))
@@ -134,10 +152,11 @@ class Signature:
                         raise ValueError(f"{key} has shape {tuple(value.shape)}, the program expects {expected.shape}")
                     continue
                 dim = self._axes[want]
-                if not dim.min <= size - dim.offset <= dim.max:
+                if not dim.admits(size):
+                    step = f" in steps of {dim.multiple}" if dim.multiple > 1 else ""
                     raise ValueError(
                         f"{key} axis {axis} = {size} is outside the compiled range "
-                        f"{dim.min + dim.offset}..{dim.max + dim.offset} of {dim.key!r}"
+                        f"{dim.min + dim.offset}..{dim.max + dim.offset}{step} of {dim.key!r}"
                     )
                 seen = sizes.setdefault(dim.name, (size - dim.offset, key))
                 if seen[0] != size - dim.offset:
@@ -192,7 +211,7 @@ class Signature:
             [key, {"tensor": [v.dtype, v.device_type, list(v.shape)]} if isinstance(v, TensorSpec) else {"value": v}]
             for key, v in self.leaves
         ]
-        dims = [[d.name, d.min, d.max] for d in self.dims]
+        dims = [[d.name, d.min, d.max, 0, d.multiple] for d in self.dims]
         return json.dumps({"treespec": self.treespec, "leaves": leaves, "dims": dims})
 
     @classmethod

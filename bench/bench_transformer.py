@@ -55,6 +55,7 @@ class Rung:
     regional: bool = True
     fuse_qkv: bool = False
     static: bool = False  # static graphs for --static-sizes beside the dynamic one
+    inductor: tuple[tuple[str, bool], ...] = ()  # options over the run's, to compare one in the same process
 
 
 RUNGS = {
@@ -70,6 +71,7 @@ RUNGS = {
     "aot_fp8_row_qkv": Rung("aot", fp8="row", fuse_qkv=True),
     "aot_fp8_row_cudnn": Rung("aot", fp8="row", attention="_native_cudnn"),  # diffusers' forced cuDNN
     "aot_fp8_row_static": Rung("aot", fp8="row", static=True),
+    "aot_fp8_row_split": Rung("aot", fp8="row", inductor=(("split_reductions", True),)),  # the default before session 7
     "torch_compile": Rung("torch_compile"),
     "torch_compile_fp8": Rung("torch_compile", fp8="row"),
 }
@@ -315,7 +317,7 @@ def run_rung(
 ) -> None:
     config = OptimizationConfig(
         fp8_granularity=rung.fp8 or "row", regional=rung.regional, fuse_qkv=rung.fuse_qkv, cache=False,
-        attention_backend=rung.attention, inductor_configs=inductor, static_sizes=static_sizes,
+        attention_backend=rung.attention, inductor_configs={**inductor, **dict(rung.inductor)}, static_sizes=static_sizes,
     )
     attention = set_attention_backend(model, config.attention_backend)
     extra = dict(attention=attention, fp8=rung.fp8, regional=rung.regional, static_sizes=static_sizes)

@@ -31,7 +31,8 @@ STARTUP_BEGIN, STARTUP_END = "<!-- bench:startup -->", "<!-- /bench:startup -->"
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
 # The per-size table; "+cudagraph" rows are the app's default on the GPU.
 SUMMARY = ("eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row+cudagraph", "aot_fp8_row", "torch_compile_fp8")
-SHORT = {"coordinate_descent_tuning": "CD", "coordinate_descent_check_all_directions": "all directions"}
+SHORT = {"coordinate_descent_tuning": "CD", "coordinate_descent_check_all_directions": "all directions",
+         "split_reductions": "split reductions"}
 
 
 def natural(path: Path) -> list:
@@ -61,11 +62,18 @@ def options_label(configs: dict) -> str:
         cd = options.get("coordinate_descent_tuning")
         return {k: v for k, v in options.items() if cd or k != "coordinate_descent_check_all_directions"}
 
+    def value(options, key) -> bool:  # a run that did not set an option ran with inductor's default
+        if key in options:
+            return bool(options[key])
+        import torch._inductor.config as inductor
+
+        return bool(getattr(inductor, key, False))
+
     configs, current = effective(configs), effective(current)
-    changed = [k for k in sorted({*configs, *current}) if bool(configs.get(k)) != bool(current.get(k))]
+    changed = [k for k in sorted({*configs, *current}) if value(configs, k) != value(current, k)]
     order = [*SHORT, *sorted(set(changed) - set(SHORT))]
     named = [
-        ("" if configs.get(k) else "no ") + SHORT[k] if k in SHORT else f"{k}={configs.get(k)}"
+        ("" if value(configs, k) else "no ") + SHORT[k] if k in SHORT else f"{k}={value(configs, k)}"
         for k in sorted(changed, key=order.index)
     ]
     return f" ({', '.join(named)})" if named else ""

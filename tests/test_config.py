@@ -32,3 +32,14 @@ def test_config_is_frozen():
         config.PRESETS["gpu"].model = "x"
     with pytest.raises(TypeError):
         config.OptimizationConfig().inductor_configs["max_autotune"] = True
+
+
+def test_per_tensor_fp8_compiles_with_split_reductions():
+    """A per-tensor scale reduces a whole activation: unsplit, one thread block would do all of it."""
+    assert config.OptimizationConfig().compiler_options["split_reductions"] is False  # per row: one kernel per row
+    per_tensor = config.OptimizationConfig(fp8_granularity="tensor")
+    assert per_tensor.compiler_options["split_reductions"] is True
+    assert config.OptimizationConfig(fp8_granularity="tensor", fp8=False).compiler_options["split_reductions"] is False
+    assert per_tensor.compiler_options["conv_1x1_as_mm"] and "split_reductions" not in {
+        k for k, v in per_tensor.inductor_configs.items() if v  # the configured options are left as they are
+    }

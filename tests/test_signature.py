@@ -100,3 +100,21 @@ def test_an_offset_dim_follows_its_base():
     _, kwarg_shapes = signature.export_dynamic_shapes(call.args, call.kwargs)
     base, derived = kwarg_shapes["x"][1], kwarg_shapes["table"][0][0]
     assert derived.root is base and derived.fn(5) == 13  # one export Dim, plus 8
+
+
+def test_a_dim_in_steps_exports_as_a_multiple_and_rejects_other_sizes():
+    """Image tokens in steps of 4 (sides in steps of 32 px): the compiler may then drop bounds masks."""
+    seq = aoti.Dim("s", 8, 64, multiple=4)
+    call = aoti.CapturedCall((), {"x": torch.zeros(1, 16), "table": torch.zeros(16 + 8, 2)})
+    signature = aoti.Signature.from_call(call, {"x": {1: seq}, "table": {0: seq + 8}})
+    assert aoti.Signature.from_json(signature.to_json()) == signature
+    signature.check((), {"x": torch.zeros(1, 60), "table": torch.zeros(68, 2)})
+    with pytest.raises(ValueError, match="outside the compiled range 8..64 in steps of 4 of 's'"):
+        signature.check((), {"x": torch.zeros(1, 18), "table": torch.zeros(26, 2)})
+    _, kwarg_shapes = signature.export_dynamic_shapes(call.args, call.kwargs)
+    size, table = kwarg_shapes["x"][1], kwarg_shapes["table"][0]
+    assert (size.root.min, size.root.max) == (2, 16) and size.fn(5) == 20 and table.fn(5) == 28
+    with pytest.raises(ValueError, match="multiples of 4"):
+        aoti.Dim("s", 6, 64, multiple=4)
+    with pytest.raises(ValueError, match="outside"):
+        aoti.Signature.from_call(aoti.CapturedCall((), {"x": torch.zeros(1, 18)}), {"x": {1: seq}})
