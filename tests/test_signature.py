@@ -5,11 +5,20 @@ import torch
 
 import aoti
 from optimization import DYNAMIC_AXES, IMAGE_SEQ
-from config import MAX_SIZE, MIN_SIZE
+from config import MAX_SIZE, MIN_SIZE, SIZE_STEP
+from conftest import load_transformer
 
 
 def test_image_sequence_range_is_derived_from_the_resolution_range():
     assert (IMAGE_SEQ.min, IMAGE_SEQ.max) == ((MIN_SIZE // 16) ** 2, (MAX_SIZE // 16) ** 2) == (256, 16384)
+    assert IMAGE_SEQ.multiple == (SIZE_STEP // 16) ** 2 == 4  # sides in steps of 32 px: 2x2 tokens at a time
+
+
+def test_the_exported_graph_knows_the_image_tokens_come_in_fours(captured_call):
+    """What lets inductor drop bounds masks from kernels over the tokens, as in a static graph."""
+    program = aoti.export(load_transformer(), captured_call, DYNAMIC_AXES).program
+    tokens = next(n for n in program.graph.nodes if n.name == "hidden_states").meta["val"].shape[1]
+    assert str(tokens).startswith("4*") and (tokens.node.expr / 4).is_integer
 
 
 def test_dynamic_shapes_mirror_the_captured_call(captured_call):
