@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import diffusers
@@ -146,7 +146,7 @@ def fingerprint(
         "dtype": str(transformer.dtype),
         "fp8": config.fp8_granularity if fp8 else None,
         "attention": attention,
-        "dynamic": config.dynamic,
+        "dynamic": asdict(IMAGE_SEQ) if config.dynamic else None,  # range and step of the image tokens
         "regional": config.regional,
         "fuse_qkv": config.fuse_qkv,
         "static_sizes": config.static_resolutions,

@@ -211,7 +211,7 @@ class Signature:
             [key, {"tensor": [v.dtype, v.device_type, list(v.shape)]} if isinstance(v, TensorSpec) else {"value": v}]
             for key, v in self.leaves
         ]
-        dims = [[d.name, d.min, d.max, 0, d.multiple] for d in self.dims]
+        dims = [dataclasses.astuple(d) for d in self.dims]
         return json.dumps({"treespec": self.treespec, "leaves": leaves, "dims": dims})
 
     @classmethod
