@@ -64,6 +64,9 @@ def test_rows_are_labelled_with_how_their_inductor_options_differ_from_the_curre
         {**current, "coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True}
     ) == " (CD, all directions)"
     assert report.options_label({**current, "epilogue_fusion": True}) == " (epilogue_fusion=True)"
+    # A run that did not set an option ran with inductor's default: split reductions before session 7.
+    before = {k: v for k, v in current.items() if k != "split_reductions"}
+    assert report.options_label(before) == report.options_label({**current, "split_reductions": True}) == " (split reductions)"
 
 
 def test_the_benchmark_runs_its_rungs_through_the_project_path(tmp_path):
