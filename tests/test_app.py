@@ -3,12 +3,13 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 from gradio_client import Client
-from gradio_client.utils import QueueError
+from gradio_client.utils import QueueError, Status
 from PIL import Image
 
 from conftest import ROOT
@@ -93,11 +94,23 @@ def test_mcp_tool_schema_describes_every_argument(app):
     assert tool["inputSchema"]["required"] == ["prompt"]
 
 
+RUNNING = (Status.PROCESSING, Status.PROGRESS, Status.ITERATING)
+
+
 def test_a_full_queue_answers_busy_and_serves_the_rest(app, client):
     queue = app.demo._queue
     limit, queue.max_size = queue.max_size, 1  # one waiting request at most (FLUX_QUEUE_SIZE)
     try:
-        jobs = [client.submit("a busy queue", i, False, 1024, 1024, 3.5, 20, api_name="/infer") for i in range(4)]
+        def submit(i):
+            return client.submit("a busy queue", i, False, 1024, 1024, 3.5, 20, api_name="/infer")
+
+        # The first request must be running, out of the queue, before the others arrive: sent together, one
+        # of them could find it still waiting and the queue already full.
+        jobs = [submit(0)]
+        deadline = time.monotonic() + 120
+        while jobs[0].status().code not in RUNNING and time.monotonic() < deadline:
+            time.sleep(0.05)
+        jobs += [submit(i) for i in range(1, 4)]
         outcomes = []
         for job in jobs:
             try:
@@ -107,8 +120,8 @@ def test_a_full_queue_answers_busy_and_serves_the_rest(app, client):
                 outcomes.append("busy")
     finally:
         queue.max_size = limit
-    # Which requests get in depends on arrival order; each one served is its own (seed = its index).
-    assert all(outcome in ("busy", i) for i, outcome in enumerate(outcomes)), outcomes
+    # Which of the later requests waits depends on arrival order; each one served is its own (seed = its index).
+    assert outcomes[0] == 0 and all(outcome in ("busy", i) for i, outcome in enumerate(outcomes)), outcomes
     assert 1 <= outcomes.count("busy") <= 2, outcomes  # one runs, one waits, the rest are turned away
     assert infer(client)[1] == 5  # and the next request is served
 
