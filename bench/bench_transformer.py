@@ -348,8 +348,10 @@ def run_rung(
     weights_gib = weight_bytes(model) / 2**30  # as served: FP8 where quantized; before apply moves them
     optimization.apply_programs_(model, programs, config, bool(rung.fp8))
     flat = [p for group in programs.values() for p in group]
+    # The options as compiled: a rung may override the run's, and per-tensor FP8 keeps split reductions.
     extra.update(compile_s=compile_s, programs=len(flat), package_mb=sum(len(p.package) for p in flat) / 1e6,
-                 weights_gib=weights_gib, fuse_qkv=rung.fuse_qkv, compile_phases=phases)
+                 weights_gib=weights_gib, fuse_qkv=rung.fuse_qkv, compile_phases=phases,
+                 inductor_configs=config.compiler_options)
     measure(name, model, extra)
     if cudagraph:
         measure(f"{name}+cudagraph", aoti.CUDAGraphs(model), extra)  # the app's default on the GPU
