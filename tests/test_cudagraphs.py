@@ -17,7 +17,8 @@ from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
 from conftest import load_pipeline
 from optimization import optimize_pipeline_
 
-def _key(args, kwargs):
+
+def _key(args, kwargs):  # the graph key of a call, as CUDAGraphs computes it
     return key_of_leaves(*torch.utils._pytree.tree_flatten((args, kwargs)))
 
 
