@@ -72,11 +72,10 @@ class OptimizationConfig:
             return persistent / "aoti-cache"
         return Path.home() / ".cache" / "aoti"
 
-    @property
-    def compiler_options(self) -> dict[str, Any]:
-        """`inductor_configs` as compiled. A per-tensor FP8 scale reduces a whole activation: unsplit,
-        that would run in one thread block."""
-        if self.fp8 and self.fp8_granularity == "tensor":
+    def compiler_options(self, fp8: bool) -> dict[str, Any]:
+        """`inductor_configs` as compiled, with FP8 as decided on the GPU (it may fall back to bf16).
+        A per-tensor FP8 scale reduces a whole activation: unsplit, that would run in one thread block."""
+        if fp8 and self.fp8_granularity == "tensor":
             return {**self.inductor_configs, "split_reductions": True}
         return dict(self.inductor_configs)
 

@@ -150,7 +150,7 @@ def fingerprint(
         "regional": config.regional,
         "fuse_qkv": config.fuse_qkv,
         "static_sizes": config.static_resolutions,
-        "inductor_configs": config.compiler_options,
+        "inductor_configs": config.compiler_options(fp8),
         "example_call": {k: v for k, v in example_call.items() if isinstance(v, (int, float, str, bool))},
         "diffusers": diffusers.__version__,
         "torchao": torchao.__version__,
@@ -181,7 +181,7 @@ def compile_transformer(
         quantize_compiled_modules_(transformer, config)
     return {
         kind: [
-            aoti.compile(aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional), config.compiler_options)
+            aoti.compile(aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional), config.compiler_options(fp8))
             for call, dims in zip(kind_calls, dynamic)
         ]
         for kind, kind_calls in module_calls.items()

@@ -100,8 +100,9 @@ def main() -> None:
         return
     import torch
 
+    options = OptimizationConfig(fp8_granularity=args.fp8 or "row").compiler_options(bool(args.fp8))
     results = {"command": " ".join(["bench_coldstart.py", *sys.argv[1:]]), "model": args.model, "fp8": args.fp8,
-               "size": args.size, "torch": torch.__version__, "inductor_configs": OptimizationConfig(fp8_granularity=args.fp8 or "row").compiler_options,
+               "size": args.size, "torch": torch.__version__, "inductor_configs": options,
                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)",
                "rows": {}}
     with tempfile.TemporaryDirectory() as aot_cache, tempfile.TemporaryDirectory() as compile_cache:
