@@ -54,8 +54,13 @@ class OptimizationConfig:
     # on the H200 that made the FP8 compile 249 s instead of 29 s for no faster steps (bench/NOTES.md).
     # Unsplit reductions: one kernel finds each row's FP8 scale and casts the row, instead of a
     # reduction in 30 chunks and a separate cast (per-tensor scales keep the split, see `compiler_options`).
+    # The host wrapper that launches the kernels built at -O0, not -O1: the FP8 compile took 6-15% less on the
+    # H200 for the same step time (bench/NOTES.md, session 9).
     inductor_configs: Mapping[str, Any] = field(
-        default_factory=lambda: MappingProxyType({"conv_1x1_as_mm": True, "epilogue_fusion": False, "split_reductions": False})
+        default_factory=lambda: MappingProxyType({
+            "conv_1x1_as_mm": True, "epilogue_fusion": False, "split_reductions": False,
+            "aot_inductor.compile_wrapper_opt_level": "O0",
+        })
     )
 
     def __post_init__(self) -> None:

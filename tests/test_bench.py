@@ -64,6 +64,7 @@ def test_rows_are_labelled_with_how_their_inductor_options_differ_from_the_curre
         {**current, "coordinate_descent_tuning": True, "coordinate_descent_check_all_directions": True}
     ) == " (CD, all directions)"
     assert report.options_label({**current, "epilogue_fusion": True}) == " (epilogue_fusion=True)"
+    assert report.options_label({**current, "aot_inductor.compile_wrapper_opt_level": "O1"}) == ""  # host build only
     # A run that did not set an option ran with inductor's default: split reductions before session 7.
     before = {k: v for k, v in current.items() if k != "split_reductions"}
     assert report.options_label(before) == report.options_label({**current, "split_reductions": True}) == " (split reductions)"
