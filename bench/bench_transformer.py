@@ -231,8 +231,9 @@ def main() -> None:
                         help="fewer blocks of the same widths (default: the model's 19 and 38)")
     parser.add_argument("--sizes", nargs="+", default=["1024x1024", "1344x768", "768x1344", "512x512"])
     parser.add_argument("--rungs", nargs="+", default=["eager", "eager_attention", "aot_bf16", "aot_fp8_row"], choices=RUNGS)
-    parser.add_argument("--inductor", nargs="*", default=[], metavar="OPTION=0|1",
-                        help="override the project's inductor options, e.g. coordinate_descent_tuning=0")
+    parser.add_argument("--inductor", nargs="*", default=[], metavar="OPTION=VALUE",
+                        help="override the project's inductor options: 0 and 1 are booleans, anything else a string, "
+                             "e.g. coordinate_descent_tuning=0 aot_inductor.compile_wrapper_opt_level=O1")
     parser.add_argument("--static-sizes", default="1024x1024", help="the static graphs of the *_static rungs")
     parser.add_argument("--cudagraph", action="store_true",
                         help="also time each AoT rung replayed as one CUDA graph per size (same compiled program)")
@@ -250,7 +251,8 @@ def main() -> None:
     sizes = [tuple(map(int, s.split("x"))) for s in args.sizes]
     config = model_config(args.model, args.blocks)
     blocks = (config["num_layers"], config["num_single_layers"])
-    inductor = {**OptimizationConfig().inductor_configs, **{k: bool(int(v)) for k, v in (o.split("=") for o in args.inductor)}}
+    overrides = (o.split("=", 1) for o in args.inductor)
+    inductor = {**OptimizationConfig().inductor_configs, **{k: bool(int(v)) if v in ("0", "1") else v for k, v in overrides}}
     results: dict = {"env": environment(), "model": args.model, "blocks": blocks, "inductor_configs": inductor,
                      "inputs": dict(timestep=TIMESTEP, guidance=GUIDANCE), "rows": []}
     calls = {size: inputs(config, *size, device, torch.bfloat16, seed=i) for i, size in enumerate(sizes)}
