@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
@@ -55,7 +56,7 @@ class Rung:
     regional: bool = True
     fuse_qkv: bool = False
     static: bool = False  # static graphs for --static-sizes beside the dynamic one
-    inductor: tuple[tuple[str, bool], ...] = ()  # options over the run's, to compare one in the same process
+    inductor: tuple[tuple[str, Any], ...] = ()  # options over the run's, to compare one in the same process
 
 
 RUNGS = {

@@ -15,6 +15,7 @@ published tables are always generated from the committed results.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import shlex
@@ -65,12 +66,12 @@ def options_label(configs: dict) -> str:
         return {k: v for k, v in options.items()
                 if (cd or k != "coordinate_descent_check_all_directions") and k not in BUILD_ONLY}
 
-    def value(options, key) -> bool:  # a run that did not set an option ran with inductor's default
+    def value(options, key):  # a run that did not set an option ran with inductor's default
         if key in options:
-            return bool(options[key])
+            return options[key]
         import torch._inductor.config as inductor
 
-        return bool(getattr(inductor, key, False))
+        return functools.reduce(getattr, key.split("."), inductor)  # "aot_inductor.x" is a nested option
 
     configs, current = effective(configs), effective(current)
     changed = [k for k in sorted({*configs, *current}) if value(configs, k) != value(current, k)]
