@@ -11,12 +11,14 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import torch
 
 from .program import CompiledProgram
 from .signature import Signature
+from .toolchain import ToolchainError, check_package
 
 FORMAT = 1
 PACKAGE_FILE = "program.pt2"
@@ -59,6 +61,11 @@ def load(folder: str | os.PathLike) -> CompiledProgram:
         raise ArtifactError(f"{folder / PACKAGE_FILE} does not match its manifest's checksum (corrupt or altered)")
     if manifest.get("torch") != torch.__version__:
         raise ArtifactError(f"{folder} was compiled with torch {manifest.get('torch')}, this is {torch.__version__}")
+    try:
+        check_package(package)
+    except (ToolchainError, ValueError, zipfile.BadZipFile) as error:
+        # E.g. a program cached before compiling cleared the executable-stack flag: compile it again.
+        raise ArtifactError(f"{folder / PACKAGE_FILE} cannot be loaded safely: {error}") from error
     try:
         signature = Signature.from_json(manifest["signature"])
         weight_names = tuple(manifest["weight_names"])

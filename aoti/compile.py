@@ -12,7 +12,7 @@ import torch
 
 from .export import Exported
 from .program import CompiledProgram
-from .toolchain import check_package
+from .toolchain import check_package, clear_executable_stack
 
 # The package must not carry the weights: they stay in the live module and are bound by
 # pointer at load time (megabytes to ship instead of gigabytes, and no second copy).
@@ -44,7 +44,7 @@ def compile(exported: Exported, inductor_configs: Mapping[str, Any] | None = Non
         path = torch._inductor.aoti_compile_and_package(
             exported.program, package_path=str(Path(tmp) / "program.pt2"), inductor_configs=configs
         )
-        package = Path(path).read_bytes()
+        package = clear_executable_stack(Path(path).read_bytes())  # else glibc 2.41+ refuses to load it
     check_package(package)  # fail here, with the fix, rather than segfault at load time
     return CompiledProgram(
         package=package,

@@ -1,5 +1,7 @@
 """The compiled-program cache: hits, misses that say why, damaged entries, concurrency, the Hub."""
 
+import hashlib
+import io
 import json
 import logging
 import multiprocessing
@@ -7,12 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import huggingface_hub
 import pytest
 
 import aoti
 from aoti.cache import ENTRY_FILE, key_of
+from aoti.toolchain import _gnu_stack_flags_offset
 from conftest import ROOT
 
 FINGERPRINT = {"model": "tiny", "torch": "2.13.0", "gpu": "none", "static_sizes": [[256, 256]]}
@@ -66,7 +70,26 @@ def drop_a_program(entry):
     shutil.rmtree(entry / "transformer-0")
 
 
-@pytest.mark.parametrize("damage", [flip_package_byte, truncate_package, swap_fingerprint, break_entry_json, drop_a_program])
+def executable_stack(entry):
+    """An intact entry made before compiling cleared the executable-stack flag: newer glibc refuses to load it."""
+    program = entry / "transformer-0"
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO((program / "program.pt2").read_bytes())) as archive, zipfile.ZipFile(out, "w") as copy:
+        for info in archive.infolist():
+            data = bytearray(archive.read(info))
+            if info.filename.endswith(".so"):
+                offset = _gnu_stack_flags_offset(bytes(data))
+                data[offset] |= 1  # PF_X
+            copy.writestr(info, bytes(data))
+    (program / "program.pt2").write_bytes(out.getvalue())
+    manifest = json.loads((program / "manifest.json").read_text())
+    manifest["sha256"] = hashlib.sha256(out.getvalue()).hexdigest()
+    (program / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(
+    "damage", [flip_package_byte, truncate_package, swap_fingerprint, break_entry_json, drop_a_program, executable_stack]
+)
 def test_a_damaged_entry_is_rejected_removed_and_replaceable(compiled_program, tmp_path, caplog, damage):
     cache = aoti.ProgramCache(tmp_path)
     entry = cache.store(FINGERPRINT, {"transformer": [compiled_program]})
