@@ -7,6 +7,9 @@ or passed in at every call (`weights_as_inputs`, one program for many modules).
 
 from __future__ import annotations
 
+import multiprocessing.util
+import os
+import shutil
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -19,6 +22,19 @@ import torch.utils._pytree as pytree
 
 from .signature import Signature
 from .toolchain import check_package
+
+# The C++ loader extracts each package into a fresh `aotinductor_*` folder under $TMPDIR and removes
+# it only in its destructor, which never runs in a ZeroGPU worker (killed, or ended by os._exit).
+# So we point $TMPDIR at a folder of our own per process while it extracts, remove that folder at the
+# process's exit, and sweep the folders of dead processes. "pid-" keeps these names apart from
+# tempfile's `aoti-` + 8 random characters (compile's build folders), which can be all digits.
+PROCESS_FOLDER_PREFIX = "aoti-pid-"
+_TMPDIR_LOCK = threading.Lock()  # $TMPDIR is process-wide: one extraction at a time
+# A fork waits for an extraction in progress: the child gets neither a held lock nor our $TMPDIR.
+os.register_at_fork(
+    before=_TMPDIR_LOCK.acquire, after_in_parent=_TMPDIR_LOCK.release, after_in_child=_TMPDIR_LOCK.release
+)
+_finalized: set[Path] = set()  # folders whose removal at exit is registered (a forked child's differ by pid)
 
 
 @dataclass(frozen=True)
@@ -41,20 +57,74 @@ class CompiledProgram:
         if missing:
             raise ValueError(f"{len(missing)} weights the program needs are missing, e.g. {missing[:3]}")
         check_package(self.package)
-        with tempfile.TemporaryDirectory(prefix="aoti-load-") as tmp:
-            path = Path(tmp) / "program.pt2"
-            path.write_bytes(self.package)
-            # The C++ loader itself: `aoti_load_package` probes the CPU's vector ISA (tens of seconds
-            # in a fresh process on some machines) only to warn about a device mismatch that the
-            # cache fingerprint already rules out, and its Python wrapper moves between releases.
-            # Single-threaded: the default mode waits for the previous call's GPU work before
-            # starting the next (an event sync per call), which stalls FLUX's 57 per-block calls;
-            # Runner serializes calls instead.
-            loader = torch._C._aoti.AOTIModelPackageLoader(str(path), "model", True, 1, -1)
+        loader = _new_loader(self.package)
         if weights is not None:
             bound = {name: weights[name] for name in loader.get_constant_fqns()}
             loader.load_constants(bound, False, True, True)  # active buffer, check full update, user-managed
         return Runner(loader)
+
+
+def _new_loader(package: bytes) -> torch._C._aoti.AOTIModelPackageLoader:
+    """The C++ loader of `package`, extracted into this process's own folder."""
+    with _TMPDIR_LOCK:
+        folder = process_folder()
+        with tempfile.TemporaryDirectory(prefix="load-", dir=folder) as tmp:
+            path = Path(tmp) / "program.pt2"
+            path.write_bytes(package)
+            previous = os.environ.get("TMPDIR")
+            os.environ["TMPDIR"] = str(folder)  # read by std::filesystem::temp_directory_path, in C++
+            try:
+                # The C++ loader itself: `aoti_load_package` probes the CPU's vector ISA (tens of
+                # seconds in a fresh process on some machines) only to warn about a device mismatch
+                # that the cache fingerprint already rules out, and its Python wrapper moves between
+                # releases. Single-threaded: the default mode waits for the previous call's GPU work
+                # before starting the next (an event sync per call), which stalls FLUX's 57
+                # per-block calls; Runner serializes calls instead.
+                return torch._C._aoti.AOTIModelPackageLoader(str(path), "model", True, 1, -1)
+            finally:
+                if previous is None:
+                    del os.environ["TMPDIR"]
+                else:
+                    os.environ["TMPDIR"] = previous
+
+
+def process_folder() -> Path:
+    """This process's folder for extracted packages: made here, removed at its exit.
+
+    The folder must outlive every runner of the process (CUDA kernels are read from it at their
+    first call), so it goes at exit: multiprocessing's finalizers run both at a normal interpreter
+    exit and at the end of a multiprocessing child, where atexit handlers do not. Folders of
+    processes that are gone (killed) are removed first.
+    """
+    # Where the loader would extract: it reads $TMPDIR at every load, while tempfile caches its
+    # answer (under pytest, from before conftest sets $TMPDIR).
+    base = Path(os.environ.get("TMPDIR") or tempfile.gettempdir())
+    remove_dead_process_folders(base)
+    folder = base / f"{PROCESS_FOLDER_PREFIX}{os.getpid()}"
+    folder.mkdir(exist_ok=True)
+    if folder not in _finalized:
+        # Last of the exit steps (multiprocessing's own are at -5 and above): no runner is used after.
+        multiprocessing.util.Finalize(None, shutil.rmtree, (folder,), {"ignore_errors": True}, exitpriority=-100)
+        _finalized.add(folder)
+    return folder
+
+
+def remove_dead_process_folders(base: Path) -> None:
+    """Remove the extraction folders that processes which no longer exist left under `base`."""
+    for folder in base.glob(f"{PROCESS_FOLDER_PREFIX}*"):
+        pid = folder.name[len(PROCESS_FOLDER_PREFIX):]
+        if pid.isascii() and pid.isdigit() and int(pid) > 0 and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by another user
+    return True
 
 
 class Runner:
