@@ -107,17 +107,40 @@ def check_inputs(prompt, seed, randomize_seed, width, height, guidance_scale, nu
     )
 
 
-def gpu_seconds(prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps, *_) -> int:
+def gpu_seconds(prompt: str, seed: int, width: int, height: int, guidance: float, steps: int) -> int:
     """ZeroGPU time to reserve: about 0.3 s per step per 1024x1024 image on an H200, plus margin."""
-    try:
-        megapixels = max(float(width) * float(height), 1024 * 1024) / (1024 * 1024)
-        steps = min(max(int(num_inference_steps), 1), CONFIG.max_steps)
-    except (TypeError, ValueError):  # infer rejects the request before using the GPU
-        return 10
+    megapixels = max(width * height, 1024 * 1024) / (1024 * 1024)
     return int(10 + steps * 0.3 * megapixels**1.2)
 
 
 @spaces.GPU(duration=gpu_seconds)
+def generate(prompt: str, seed: int, width: int, height: int, guidance: float, steps: int) -> tuple[Any, dict]:
+    """The image and its timing, for checked values; on ZeroGPU it runs in a worker with the GPU."""
+    step_ends = []
+
+    def on_step_end(pipeline, step, timestep, tensors):
+        if tensors["latents"].is_cuda:
+            torch.cuda.synchronize()  # time the GPU's work, not the CPU running ahead of it
+        step_ends.append(time.perf_counter())
+        return tensors
+
+    start = time.perf_counter()
+    image = pipe(
+        prompt=prompt,
+        width=width,
+        height=height,
+        guidance_scale=guidance,
+        num_inference_steps=steps,
+        max_sequence_length=cfg.MAX_SEQUENCE_LENGTH,
+        generator=torch.Generator().manual_seed(seed),  # CPU generator: same image for a seed on any device
+        callback_on_step_end=on_step_end,
+    ).images[0]
+    # The first step also pays for text encoding; later steps are the transformer's steady state.
+    per_step = (step_ends[-1] - step_ends[0]) / (steps - 1) if steps > 1 else step_ends[0] - start
+    timing = {"steps": steps, "seconds_per_step": per_step, "seconds": time.perf_counter() - start, "size": f"{width}x{height}"}
+    return image, timing
+
+
 def infer(
     prompt: str,
     seed: int = 0,
@@ -143,6 +166,7 @@ def infer(
         The generated image (PNG) and the seed that produced it. (The UI also gets the timing of
         this generation for its status line; it is not part of the API.)
     """
+    # Checked here, before any GPU is reserved: on ZeroGPU a rejected request costs no quota.
     prompt, seed, randomize_seed, width, height, guidance, steps = check_inputs(
         prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps
     )
@@ -151,28 +175,7 @@ def infer(
         gr.Warning(f"The prompt is {tokens} tokens long; only the first {cfg.MAX_SEQUENCE_LENGTH} are used.")
     if randomize_seed:
         seed = random.randint(0, cfg.MAX_SEED)
-    step_ends = []
-
-    def on_step_end(pipeline, step, timestep, tensors):
-        if CONFIG.device.startswith("cuda"):
-            torch.cuda.synchronize()  # time the GPU's work, not the CPU running ahead of it
-        step_ends.append(time.perf_counter())
-        return tensors
-
-    start = time.perf_counter()
-    image = pipe(
-        prompt=prompt,
-        width=width,
-        height=height,
-        guidance_scale=guidance,
-        num_inference_steps=steps,
-        max_sequence_length=cfg.MAX_SEQUENCE_LENGTH,
-        generator=torch.Generator().manual_seed(seed),  # CPU generator: same image for a seed on any device
-        callback_on_step_end=on_step_end,
-    ).images[0]
-    # The first step also pays for text encoding; later steps are the transformer's steady state.
-    per_step = (step_ends[-1] - step_ends[0]) / (steps - 1) if steps > 1 else step_ends[0] - start
-    timing = {"steps": steps, "seconds_per_step": per_step, "seconds": time.perf_counter() - start, "size": f"{width}x{height}"}
+    image, timing = generate(prompt, seed, width, height, guidance, steps)
     return image, seed, timing
 
 

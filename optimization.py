@@ -9,10 +9,12 @@
 4. export with one dynamic image-sequence axis covering every UI resolution (plus, optionally,
    static graphs for chosen sizes);
 5. compile with AOTInductor into small packages without weights;
-6. patch them into the pipeline, bound to the transformer's own weights (one copy in memory):
-   the whole transformer, or every block of a kind sharing that kind's program; on the GPU, each
-   resolution's step is then replayed as one CUDA graph.
-Steps 1-5 run inside a `@spaces.GPU` function: on ZeroGPU that is the only place with a real GPU.
+6. patch them into the pipeline, bound to the weights as the GPU function prepared them (one copy in
+   memory): the whole transformer, or every block of a kind sharing that kind's program; on the GPU,
+   each resolution's step is then replayed as one CUDA graph.
+Steps 1-5 run inside a `@spaces.GPU` function: on ZeroGPU that is the only place with a real GPU, a
+forked worker. Its prepared (FP8) weights come back through shared memory rather than being quantized
+again on the main process's CPU, and the attention backend it chose is set up in the main process too.
 """
 
 from __future__ import annotations
@@ -46,6 +48,17 @@ IMAGE_SEQ = aoti.Dim(
 DYNAMIC_AXES = {"hidden_states": {1: IMAGE_SEQ}, "img_ids": {0: IMAGE_SEQ}}
 # A block's call: the rotary table spans the (static) text tokens and the image tokens.
 BLOCK_AXES = {"hidden_states": {1: IMAGE_SEQ}, "image_rotary_emb": {0: IMAGE_SEQ + MAX_SEQUENCE_LENGTH}}
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """What the GPU function hands back; on ZeroGPU it is pickled from the worker to the main process."""
+
+    programs: dict[str, list[aoti.CompiledProgram]]  # per compiled module kind
+    weights: aoti.HostShared  # per kind, per module: the prepared tensors the programs read
+    fp8: bool
+    attention: str
+    cached: bool  # loaded from the program cache instead of compiled
 
 
 @dataclass(frozen=True)
@@ -167,6 +180,17 @@ def capture_module(transformer: torch.nn.Module, module: torch.nn.Module, call: 
     return inner
 
 
+def prepare_transformer_(transformer: torch.nn.Module, config: OptimizationConfig, fp8: bool) -> None:
+    """Put the compiled modules in the form the programs were compiled for: fused QKV, FP8. Idempotent."""
+    if config.fuse_qkv:
+        fuse_qkv_(transformer)
+    if fp8:
+        for modules in compiled_modules(transformer, config.regional).values():
+            for module in modules:
+                if not is_fp8(module):
+                    quantize_fp8_(module, config.fp8_granularity)
+
+
 def compile_transformer(
     transformer: torch.nn.Module, calls: list[aoti.CapturedCall], config: OptimizationConfig, fp8: bool
 ) -> dict[str, list[aoti.CompiledProgram]]:
@@ -175,10 +199,7 @@ def compile_transformer(
     axes = BLOCK_AXES if config.regional else DYNAMIC_AXES
     dynamic = [None] * (len(calls) - 1) + [axes if config.dynamic else None]
     module_calls = {kind: [capture_module(transformer, modules[0], call) for call in calls] for kind, modules in targets.items()}
-    if config.fuse_qkv:
-        fuse_qkv_(transformer)
-    if fp8:
-        quantize_compiled_modules_(transformer, config)
+    prepare_transformer_(transformer, config, fp8)
     return {
         kind: [
             aoti.compile(aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional), config.compiler_options(fp8))
@@ -188,24 +209,33 @@ def compile_transformer(
     }
 
 
-def quantize_compiled_modules_(transformer: torch.nn.Module, config: OptimizationConfig) -> None:
-    for modules in compiled_modules(transformer, config.regional).values():
-        for module in modules:
-            if not is_fp8(module):
-                quantize_fp8_(module, config.fp8_granularity)
+def program_weights(
+    transformer: torch.nn.Module, programs: dict[str, list[aoti.CompiledProgram]], config: OptimizationConfig
+) -> dict[str, list[dict[str, torch.Tensor]]]:
+    """Per compiled kind, per module: the (prepared) tensors its programs read."""
+    return {
+        kind: [aoti.program_weights(module, programs[kind]) for module in modules]
+        for kind, modules in compiled_modules(transformer, config.regional).items()
+    }
 
 
 def apply_programs_(
-    transformer: torch.nn.Module, programs: dict[str, list[aoti.CompiledProgram]], config: OptimizationConfig, fp8: bool
+    transformer: torch.nn.Module, programs: dict[str, list[aoti.CompiledProgram]], config: OptimizationConfig, fp8: bool,
+    weights: dict[str, list[dict[str, torch.Tensor]]] | None = None,
 ) -> None:
-    """Step 6: bind the programs to this process's transformer, prepared the way they were compiled."""
-    if config.fuse_qkv:
-        fuse_qkv_(transformer)
-    if fp8:
-        # Loaded from the cache, or compiled in ZeroGPU's forked worker: this copy may still be bf16.
-        quantize_compiled_modules_(transformer, config)
+    """Step 6: bind the programs to this process's transformer.
+
+    To `weights` prepared elsewhere (`program_weights` of the transformer the GPU function
+    prepared), or else to this transformer's own, prepared here the way they were compiled.
+    """
+    if weights is None:
+        prepare_transformer_(transformer, config, fp8)
     for kind, modules in compiled_modules(transformer, config.regional).items():
-        aoti.apply(modules if config.regional else modules[0], programs[kind])
+        kind_weights = weights[kind] if weights is not None else None
+        if config.regional:
+            aoti.apply(modules, programs[kind], weights=kind_weights)
+        else:
+            aoti.apply(modules[0], programs[kind], weights=kind_weights[0] if kind_weights else None)
 
 
 def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **example_call: Any) -> OptimizationReport:
@@ -215,7 +245,10 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
     if not config.aot:
         attention = set_attention_backend(transformer, config.attention_backend)
         log.info("AoT compilation is off (AOTI=0): the transformer runs eagerly")
-        return OptimizationReport(False, False, dtype, attention, False, 0, False, False, 0.0, 0.0)
+        return OptimizationReport(
+            aot=False, fp8=False, dtype=dtype, attention=attention, regional=False, graphs=0, cuda_graphs=False,
+            cached=False, seconds=0.0, package_mb=0.0,
+        )
 
     def capture(**size: int) -> aoti.CapturedCall:
         with aoti.capture(transformer) as call:
@@ -223,7 +256,7 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         return call
 
     @spaces.GPU(duration=1500)  # a full FLUX.1-dev compile takes minutes
-    def compile_on_gpu() -> tuple[dict[str, list[aoti.CompiledProgram]], bool, str, bool]:
+    def compile_on_gpu() -> Compiled:
         # Hardware decisions are made here, where the real card is visible.
         attention = set_attention_backend(transformer, config.attention_backend)
         unavailable = (
@@ -235,24 +268,34 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
             log.info("FP8 off: %s; the transformer runs in %s", unavailable, dtype)
         cache = aoti.ProgramCache(config.cache_folder, config.hub_repo, os.environ.get("HF_TOKEN")) if config.cache else None
         key = fingerprint(transformer, config, example_call, fp8, attention)
-        if cache and (programs := cache.load(key)):
-            return programs, fp8, attention, True
-        calls = [capture(width=w, height=h) for w, h in config.static_resolutions] + [capture()]
-        programs = compile_transformer(transformer, calls, config, fp8)
-        if cache:
-            cache.store(key, programs)
-        return programs, fp8, attention, False
+        programs = cache.load(key) if cache else None
+        cached = programs is not None
+        if not cached:
+            calls = [capture(width=w, height=h) for w, h in config.static_resolutions] + [capture()]
+            programs = compile_transformer(transformer, calls, config, fp8)
+            if cache:
+                cache.store(key, programs)
+        prepare_transformer_(transformer, config, fp8)  # done by a compile, not by a cache load
+        weights = aoti.HostShared(program_weights(transformer, programs, config))
+        return Compiled(programs, weights, fp8, attention, cached)
 
     start = time.perf_counter()
-    programs, fp8, attention, cached = compile_on_gpu()
-    apply_programs_(transformer, programs, config, fp8)
+    compiled = compile_on_gpu()
+    # Also here: on ZeroGPU that ran in a worker, and a backend's kernels (FA3 from the Hub) register
+    # their ops only in the process that sets it up; every later worker is forked from this one.
+    set_attention_backend(transformer, compiled.attention)
+    # The weights as the GPU function prepared them (FP8 on ZeroGPU: quantized there, on the GPU, not
+    # again here on the CPU); on ZeroGPU this process keeps them as its emulated "cuda" tensors.
+    weights = compiled.weights.to(transformer.device)
+    apply_programs_(transformer, compiled.programs, config, compiled.fp8, weights)
     cuda_graphs = config.cuda_graphs and transformer.device.type == "cuda"
     if cuda_graphs:  # captured per resolution on its second step, inside the request's GPU function
         transformer.forward = aoti.CUDAGraphs(transformer.forward)
-    package_mb = sum(len(p.package) for group in programs.values() for p in group) / 1e6
     report = OptimizationReport(
-        True, fp8, dtype, attention, config.regional, len(config.static_resolutions) + 1, cuda_graphs, cached,
-        time.perf_counter() - start, package_mb,
+        aot=True, fp8=compiled.fp8, dtype=dtype, attention=compiled.attention, regional=config.regional,
+        graphs=len(config.static_resolutions) + 1, cuda_graphs=cuda_graphs, cached=compiled.cached,
+        seconds=time.perf_counter() - start,
+        package_mb=sum(len(p.package) for group in compiled.programs.values() for p in group) / 1e6,
     )
     log.info("%s", report.summary())
     return report

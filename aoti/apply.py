@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -15,6 +15,7 @@ def apply(
     module: torch.nn.Module | Sequence[torch.nn.Module],
     programs: CompiledProgram | Sequence[CompiledProgram],
     method: str = "forward",
+    weights: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]] | None = None,
 ) -> CompiledForward | list[CompiledForward]:
     """Make `module.<method>` run the compiled programs, bound to the module's own weights.
 
@@ -24,23 +25,37 @@ def apply(
 
     Given a list of modules of one structure (FLUX's repeated blocks), programs compiled with
     weights as inputs are loaded once and shared; each module calls them with its own weights.
+
+    `weights` (one mapping per module, as `program_weights` returns them) binds those tensors
+    instead: the module's own are dropped. For weights prepared in another process, such as a
+    transformer quantized in ZeroGPU's GPU worker, so this process need not prepare its own copy.
     """
     programs = [programs] if isinstance(programs, CompiledProgram) else list(programs)
-    if isinstance(module, torch.nn.Module):
-        weights = _take_weights(module, programs, method)
-        return _bind(module, CompiledForward(Runners(programs, weights), weights), method)
-    if not all(p.weights_as_inputs for p in programs):
+    single = isinstance(module, torch.nn.Module)
+    modules = [module] if single else list(module)
+    given = [weights] if single and weights is not None else weights
+    if given is not None and len(given) != len(modules):
+        raise ValueError(f"{len(given)} weight mappings given for {len(modules)} modules")
+    if not single and not all(p.weights_as_inputs for p in programs):
         raise ValueError("several modules can share only programs compiled with weights_as_inputs=True")
+    for m in modules:
+        if isinstance(getattr(m, method, None), CompiledForward):
+            raise ValueError(f"{type(m).__name__}.{method} is already compiled")
+    # Every module is checked before any is changed.
+    taken = [_needed(programs, w) for w in given] if given is not None else [program_weights(m, programs) for m in modules]
+    if single:
+        return _bind(module, CompiledForward(Runners(programs, taken[0]), taken[0]), method)
     runners = Runners(programs)
-    taken = [_take_weights(m, programs, method) for m in module]  # check every module before changing any
-    return [_bind(m, CompiledForward(runners, weights), method) for m, weights in zip(module, taken)]
+    return [_bind(m, CompiledForward(runners, w), method) for m, w in zip(modules, taken)]
 
 
-def _take_weights(module: torch.nn.Module, programs: list[CompiledProgram], method: str) -> dict[str, torch.Tensor]:
-    if isinstance(getattr(module, method, None), CompiledForward):
-        raise ValueError(f"{type(module).__name__}.{method} is already compiled")
+def program_weights(module: torch.nn.Module, programs: Sequence[CompiledProgram]) -> dict[str, torch.Tensor]:
+    """The tensors of `module` that `programs` read, by the names they were compiled with (no copy)."""
     with unwrapped_subclasses(module):
-        weights = named_weights(module)
+        return _needed(programs, named_weights(module))
+
+
+def _needed(programs: Sequence[CompiledProgram], weights: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     needed = {name for program in programs for name in program.weight_names}
     missing = sorted(needed - set(weights))
     if missing:

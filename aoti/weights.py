@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch._functorch._aot_autograd.subclass_parametrization import unwrap_tensor_subclass_parameters
 from torch.nn.utils import parametrize
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
+from torch.utils._pytree import tree_map_only
 
 
 @contextlib.contextmanager
@@ -59,3 +61,28 @@ def drop_weights(module: torch.nn.Module) -> None:
 
 def _empty_like(tensor: torch.Tensor) -> torch.Tensor:
     return torch.empty(0, dtype=tensor.dtype, device=tensor.device)
+
+
+class HostShared:
+    """Tensors (in any pytree) that cross a process boundary through host shared memory.
+
+    torch pickles a CUDA tensor as a CUDA IPC handle, which only a process that initialises CUDA can
+    open; ZeroGPU's main process must never do that (there, "cuda" tensors are emulated on the CPU).
+    Pickled, each tensor is copied once into shared host memory, and the receiver maps it without
+    another copy; `to(device)` then puts the tensors where the receiver keeps them. Not pickled
+    (a GPU function run in-process), the tensors are the sender's own.
+    """
+
+    def __init__(self, tree: Any):
+        self.tree = tree
+
+    def to(self, device: torch.device | str) -> Any:
+        return tree_map_only(torch.Tensor, lambda t: t.to(device), self.tree)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return HostShared, (tree_map_only(torch.Tensor, _shared_host_copy, self.tree),)
+
+
+def _shared_host_copy(tensor: torch.Tensor) -> torch.Tensor:
+    tensor = tensor.detach()  # a parameter's autograd state cannot cross processes, and is not needed
+    return torch.empty_like(tensor, device="cpu").share_memory_().copy_(tensor)

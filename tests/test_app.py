@@ -151,12 +151,26 @@ def test_long_prompt_warns_that_it_is_cut(app, monkeypatch):
     assert len(warnings) == 1 and "only the first 512 are used" in warnings[0]
 
 
-def test_zerogpu_duration_grows_with_work_and_never_fails(app):
-    small = app.gpu_seconds("p", 0, False, 512, 512, 3.5, 4)
-    default = app.gpu_seconds("p", 0, False, 1024, 1024, 3.5, 28)
-    large = app.gpu_seconds("p", 0, False, 2048, 2048, 3.5, 50)
+def test_zerogpu_duration_grows_with_work(app):
+    small = app.gpu_seconds("p", 0, 512, 512, 3.5, 4)
+    default = app.gpu_seconds("p", 0, 1024, 1024, 3.5, 28)
+    large = app.gpu_seconds("p", 0, 2048, 2048, 3.5, 50)
     assert 10 < small < default < large
-    assert app.gpu_seconds("p", "x", None, "wide", None, None, "many") == 10  # infer rejects it before any GPU work
+
+
+def test_requests_are_checked_before_the_gpu_function_and_reach_it_typed(app, monkeypatch):
+    """On ZeroGPU the GPU function forks a worker and reserves a GPU: a bad request must never get there."""
+    calls = []
+    monkeypatch.setattr(app, "generate", lambda *args: calls.append(args) or ("image", {}))
+    names = {"guidance": "guidance_scale", "steps": "num_inference_steps"}
+    request = dict(prompt="a red bicycle", seed=5, randomize_seed=False, width=512, height=256, guidance_scale=3.5, num_inference_steps=2)
+    for change, message in BAD_REQUESTS:
+        with pytest.raises(app.gr.Error, match=message):
+            app.infer(**{**request, **{names.get(k, k): v for k, v in change.items()}})
+    assert calls == []
+    assert app.infer(**{**request, "seed": 5.0, "width": "512", "num_inference_steps": 2.0})[1] == 5
+    assert calls == [("a red bicycle", 5, 512, 256, 3.5, 2)]
+    assert [type(v) for v in calls[0]] == [str, int, int, int, float, int]
 
 
 def test_concurrent_requests_each_get_the_image_of_their_own_seed(client):
