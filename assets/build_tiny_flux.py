@@ -36,21 +36,27 @@ def t5_tokenizer() -> T5TokenizerFast:
     return T5TokenizerFast(vocab=pieces, extra_ids=0, model_max_length=512)
 
 
-def build(seed: int = 0) -> FluxPipeline:
+TINY_TRANSFORMER = dict(
+    patch_size=1,
+    in_channels=4 * LATENT_CHANNELS,
+    num_layers=1,
+    num_single_layers=1,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=TEXT_DIM,
+    pooled_projection_dim=TEXT_DIM,
+    guidance_embeds=True,  # like FLUX.1-dev: guidance is a transformer input
+    axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
+)
+
+
+def build(seed: int = 0, transformer: FluxTransformer2DModel | None = None) -> FluxPipeline:
+    """The tiny pipeline; with `transformer` (e.g. FLUX.1-dev's config, random weights), text encoders sized for it."""
     clip_tok, t5_tok = clip_tokenizer(), t5_tokenizer()
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=4 * LATENT_CHANNELS,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=TEXT_DIM,
-        pooled_projection_dim=TEXT_DIM,
-        guidance_embeds=True,  # like FLUX.1-dev: guidance is a transformer input
-        axes_dims_rope=(4, 6, 6),  # sums to attention_head_dim
-    )
+    if transformer is None:
+        transformer = FluxTransformer2DModel(**TINY_TRANSFORMER)
+    t5_dim, clip_dim = transformer.config.joint_attention_dim, transformer.config.pooled_projection_dim
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -69,12 +75,12 @@ def build(seed: int = 0) -> FluxPipeline:
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
             vocab_size=len(clip_tok),
-            hidden_size=TEXT_DIM,
+            hidden_size=clip_dim,
             intermediate_size=37,
             num_hidden_layers=1,
             num_attention_heads=2,
             max_position_embeddings=77,
-            projection_dim=TEXT_DIM,
+            projection_dim=clip_dim,
             bos_token_id=clip_tok.bos_token_id,
             eos_token_id=clip_tok.eos_token_id,
             pad_token_id=clip_tok.pad_token_id,
@@ -83,7 +89,7 @@ def build(seed: int = 0) -> FluxPipeline:
     text_encoder_2 = T5EncoderModel(
         T5Config(
             vocab_size=len(t5_tok),
-            d_model=TEXT_DIM,
+            d_model=t5_dim,
             d_kv=8,
             d_ff=37,
             num_layers=1,

@@ -3,11 +3,13 @@ returns its result pickled; each request runs in a forked worker again."""
 
 import multiprocessing
 import pickle
+from multiprocessing.reduction import ForkingPickler
 
 import torch
 
 import aoti
-from conftest import load_transformer, rel_error
+from config import MAX_SEQUENCE_LENGTH
+from conftest import load_pipeline, load_transformer, rel_error
 
 
 def run_in_child(programs_bytes, kwargs):
@@ -102,3 +104,53 @@ def test_compiled_forward_pickles_without_its_runners(compiled_program, call_for
         copy = pickle.loads(pickle.dumps(compiled))
         assert copy.runners._loaded == {}  # loads again, lazily, where it is used
         assert rel_error(copy(**kwargs)[0], expected) < 1e-5
+
+
+def test_host_shared_tensors_cross_through_shared_memory():
+    """What a GPU function returns on ZeroGPU is pickled with multiprocessing's ForkingPickler (spaces' queues)."""
+    weight = torch.nn.Parameter(torch.randn(3, 4))
+    tree = {"block": [{"weight": weight}]}
+    assert aoti.HostShared(tree).to("cpu")["block"][0]["weight"] is weight  # not pickled: the sender's own tensor
+    received = pickle.loads(ForkingPickler.dumps(aoti.HostShared(tree))).to("cpu")["block"][0]["weight"]
+    assert received.is_shared() and not received.requires_grad and torch.equal(received, weight)
+
+
+def test_the_serving_process_binds_the_weights_the_gpu_function_prepared(monkeypatch, call_for):
+    """On ZeroGPU the GPU function runs in a forked worker and its result comes back pickled: the serving
+    process binds the weights prepared there (fused QKV here, FP8 on a GPU) and never prepares its own copy.
+    The attention backend chosen there is set up here too (a Hub kernel's ops exist only where it was loaded)."""
+    import optimization
+    from config import OptimizationConfig
+
+    inside = []  # non-empty while the GPU function runs
+
+    def gpu(duration=None):
+        def wrap(fn):
+            def run(*args, **kwargs):
+                inside.append(True)
+                try:
+                    result = fn(*args, **kwargs)
+                finally:
+                    inside.pop()
+                return pickle.loads(ForkingPickler.dumps(result))  # as spaces' result queue does
+            return run
+        return wrap
+
+    prepared, backends = [], []
+    prepare, set_backend = optimization.prepare_transformer_, optimization.set_attention_backend
+    monkeypatch.setattr(optimization.spaces, "GPU", gpu)
+    monkeypatch.setattr(optimization, "prepare_transformer_", lambda *a: prepared.append(bool(inside)) or prepare(*a))
+    monkeypatch.setattr(optimization, "set_attention_backend",
+                        lambda module, name: backends.append((bool(inside), name)) or set_backend(module, name))
+    pipe = load_pipeline()
+    optimization.optimize_pipeline_(
+        pipe, OptimizationConfig(fuse_qkv=True, cache=False), prompt="a cat", width=256, height=256,
+        num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
+    )
+    assert prepared and all(prepared)  # only inside the GPU function
+    assert backends == [(True, "auto"), (False, "native")]
+    bound = [w for block in pipe.transformer.transformer_blocks for w in block.forward.weights.values()]
+    assert bound and all(w.is_shared() for w in bound)  # the copies that crossed, not this process's own
+    kwargs = call_for(384, 256, seed=5)
+    with torch.no_grad():
+        assert rel_error(pipe.transformer(**kwargs)[0], load_transformer()(**kwargs)[0]) < 1e-5
