@@ -20,7 +20,6 @@ from optimization import optimize_pipeline_
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 log = logging.getLogger("app")
 CONFIG = cfg.from_env()
-GUIDANCE_RANGE = (1.0, 15.0)
 
 # Load --------------------------------------------------------------------------------------------
 
@@ -64,11 +63,17 @@ STATUS = f"**{model_name}** on {device_name} · {report.summary()}"
 # Infer -------------------------------------------------------------------------------------------
 
 
-def _integer(name: str, value: Any, low: int, high: int) -> int:
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool):  # float(True) is 1.0: a JSON true must not pass as one step
+        raise gr.Error(f"{name} must be a number, got {value!r}.")
     try:
-        number = float(value)
+        return float(value)
     except (TypeError, ValueError):
         raise gr.Error(f"{name} must be a number, got {value!r}.") from None
+
+
+def _integer(name: str, value: Any, low: int, high: int) -> int:
+    number = _number(name, value)
     if not number.is_integer():
         raise gr.Error(f"{name} must be a whole number, got {value!r}.")
     if not low <= number <= high:
@@ -86,16 +91,16 @@ def _size(name: str, value: Any) -> int:
 
 def check_inputs(prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps):
     """The request as typed values, or gr.Error naming the first bad field. Changes nothing."""
-    if not isinstance(prompt, str) or not prompt.strip():
+    if not isinstance(prompt, str):
+        raise gr.Error(f"prompt must be text, got {type(prompt).__name__}.")
+    if not prompt.strip():
         raise gr.Error("Enter a prompt.")
     if not isinstance(randomize_seed, bool):
         raise gr.Error(f"randomize_seed must be true or false, got {randomize_seed!r}.")
-    try:
-        guidance = float(guidance_scale)
-    except (TypeError, ValueError):
-        raise gr.Error(f"guidance_scale must be a number, got {guidance_scale!r}.") from None
-    if not (math.isfinite(guidance) and GUIDANCE_RANGE[0] <= guidance <= GUIDANCE_RANGE[1]):
-        raise gr.Error(f"guidance_scale must be between {GUIDANCE_RANGE[0]} and {GUIDANCE_RANGE[1]}, got {guidance_scale!r}.")
+    guidance = _number("guidance_scale", guidance_scale)
+    low, high = cfg.GUIDANCE_RANGE
+    if not (math.isfinite(guidance) and low <= guidance <= high):
+        raise gr.Error(f"guidance_scale must be between {low} and {high}, got {guidance_scale!r}.")
     return (
         prompt.strip(),
         _integer("seed", seed, 0, cfg.MAX_SEED),
@@ -225,13 +230,15 @@ with gr.Blocks(title="FLUX, AoT-compiled") as demo:
                 width = gr.Slider(label="Width", minimum=cfg.MIN_SIZE, maximum=cfg.MAX_SIZE, step=cfg.SIZE_STEP, value=CONFIG.default_size)
                 height = gr.Slider(label="Height", minimum=cfg.MIN_SIZE, maximum=cfg.MAX_SIZE, step=cfg.SIZE_STEP, value=CONFIG.default_size)
             with gr.Row():
-                guidance_scale = gr.Slider(label="Guidance scale", minimum=GUIDANCE_RANGE[0], maximum=GUIDANCE_RANGE[1], step=0.1, value=CONFIG.default_guidance)
+                guidance_scale = gr.Slider(label="Guidance scale", minimum=cfg.GUIDANCE_RANGE[0], maximum=cfg.GUIDANCE_RANGE[1], step=0.1, value=CONFIG.default_guidance)
                 num_inference_steps = gr.Slider(label="Steps", minimum=1, maximum=CONFIG.max_steps, step=1, value=CONFIG.default_steps)
+        request = [prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps]  # infer's arguments
+        generated = [result, seed, last_generation]
         gr.Examples(
             examples=[row + [CONFIG.default_guidance, CONFIG.default_steps] for row in EXAMPLES],
             fn=infer,
-            inputs=[prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps],
-            outputs=[result, seed, last_generation],
+            inputs=request,
+            outputs=generated,
             example_labels=[row[0] for row in EXAMPLES],  # show the prompts; the settings come along
             cache_examples=True,
             cache_mode="lazy",  # generated on first click, never at startup
@@ -239,8 +246,8 @@ with gr.Blocks(title="FLUX, AoT-compiled") as demo:
     gr.on(
         triggers=[run_button.click, prompt.submit],
         fn=infer,
-        inputs=[prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps],
-        outputs=[result, seed, last_generation],
+        inputs=request,
+        outputs=generated,
         api_name="infer",
         preprocess=False,  # `infer` validates raw values itself, with the same messages for UI and API
     ).success(generation_status, inputs=last_generation, outputs=status, api_visibility="private")

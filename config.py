@@ -25,6 +25,7 @@ MIN_SIZE, MAX_SIZE, SIZE_STEP = 256, 2048, 32
 PIXELS_PER_TOKEN = 16
 MAX_SEQUENCE_LENGTH = 512  # T5 tokens; the compiled graph has this static text length
 MAX_SEED = 2**31 - 1
+GUIDANCE_RANGE = (1.0, 15.0)  # of the UI and the API
 
 
 def env(name: str) -> dict[str, str]:

@@ -46,6 +46,7 @@ def test_randomized_seed_is_returned_and_reproduces_the_image(client):
 BAD_REQUESTS = [
     (dict(prompt=""), "Enter a prompt"),
     (dict(prompt="   "), "Enter a prompt"),
+    (dict(prompt=5), "prompt must be text"),
     (dict(width=500), "multiple of 32"),
     (dict(width=1040), "multiple of 32"),  # FLUX takes it; the compiled graph needs a multiple of 4 tokens
     (dict(height=4096), "between 256 and 2048"),
@@ -53,12 +54,14 @@ BAD_REQUESTS = [
     (dict(steps=0), "num_inference_steps must be between 1"),
     (dict(steps=51), "num_inference_steps must be between 1"),
     (dict(steps=2.5), "whole number"),
+    (dict(steps=True), "num_inference_steps must be a number"),  # JSON true is not one step
     (dict(seed=-1), "seed must be between 0"),
     (dict(seed=2**31), "seed must be between 0"),
     (dict(seed="abc"), "seed must be a number"),
     (dict(width="wide"), "width must be a number"),
     (dict(guidance="x"), "guidance_scale must be a number"),
     (dict(guidance=100.0), "guidance_scale must be between"),
+    (dict(guidance=True), "guidance_scale must be a number"),
     (dict(randomize_seed="maybe"), "randomize_seed must be true or false"),
 ]
 
