@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import diffusers
@@ -149,6 +149,27 @@ def compiled_modules(transformer: torch.nn.Module, regional: bool) -> dict[str, 
     return {kind: [m for m in transformer.modules() if type(m).__name__ == kind] for kind in kinds}
 
 
+# Options that change how programs are served or stored, not what is compiled: left out of the cache key.
+SERVING_OPTIONS = frozenset({"aot", "cuda_graphs", "cache", "cache_dir", "hub_repo"})
+
+
+def compiled_options(config: OptimizationConfig, fp8: bool, attention: str) -> dict[str, Any]:
+    """Every other option of `config`, with what the GPU decided in place of what was asked for.
+
+    Derived from the dataclass, so an option added later is part of the cache key unless it is
+    listed in SERVING_OPTIONS.
+    """
+    decided = {
+        "fp8": fp8,
+        "fp8_granularity": config.fp8_granularity if fp8 else None,
+        "attention_backend": attention,
+        "dynamic": asdict(IMAGE_SEQ) if config.dynamic else None,  # range and step of the image tokens
+        "static_sizes": config.static_resolutions,
+        "inductor_configs": config.compiler_options(fp8),
+    }
+    return {f.name: decided.get(f.name, getattr(config, f.name)) for f in fields(config) if f.name not in SERVING_OPTIONS}
+
+
 def fingerprint(
     transformer: torch.nn.Module, config: OptimizationConfig, example_call: dict, fp8: bool, attention: str
 ) -> dict:
@@ -157,13 +178,7 @@ def fingerprint(
         "model": transformer.config.get("_name_or_path", ""),  # hub snapshot path: id and revision
         "transformer": {k: v for k, v in transformer.config.items() if not k.startswith("_")},
         "dtype": str(transformer.dtype),
-        "fp8": config.fp8_granularity if fp8 else None,
-        "attention": attention,
-        "dynamic": asdict(IMAGE_SEQ) if config.dynamic else None,  # range and step of the image tokens
-        "regional": config.regional,
-        "fuse_qkv": config.fuse_qkv,
-        "static_sizes": config.static_resolutions,
-        "inductor_configs": config.compiler_options(fp8),
+        "options": compiled_options(config, fp8, attention),
         "example_call": {k: v for k, v in example_call.items() if isinstance(v, (int, float, str, bool))},
         "diffusers": diffusers.__version__,
         "torchao": torchao.__version__,

@@ -16,7 +16,7 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,16 @@ def key_of(fingerprint: Mapping[str, Any]) -> str:
 def _as_stored(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
     # What the fingerprint reads as after a JSON round trip (tuples become lists, ...).
     return json.loads(json.dumps(fingerprint, default=str))
+
+
+def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -> Iterator[str]:
+    """The keys whose values differ, nested ones as `outer.inner`."""
+    for key in set(a) | set(b):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            yield from _differences(x, y, f"{prefix}{key}.")
+        elif x != y:
+            yield prefix + key
 
 
 class ProgramCache:
@@ -114,7 +124,7 @@ class ProgramCache:
                 cached = json.loads(path.read_text())["fingerprint"]
             except (OSError, ValueError, KeyError):
                 continue
-            differ = sorted(k for k in set(cached) | set(current) if cached.get(k) != current.get(k))
+            differ = sorted(_differences(cached, current))
             if best is None or len(differ) < len(best):
                 best = differ
         return f" (the closest cached one differs in: {', '.join(best)})" if best else ""

@@ -42,6 +42,35 @@ def test_a_miss_says_which_fields_differ(compiled_program, tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="aoti.cache"):
         assert cache.load({**FINGERPRINT, "torch": "2.14.0", "gpu": "NVIDIA H200"}) is None
     assert "differs in: gpu, torch" in caplog.text
+    nested = aoti.ProgramCache(tmp_path / "nested")
+    nested.store({**FINGERPRINT, "options": {"regional": True, "fp8": True}}, {"transformer": [compiled_program]})
+    with caplog.at_level(logging.INFO, logger="aoti.cache"):
+        assert nested.load({**FINGERPRINT, "options": {"regional": False, "fp8": True}}) is None
+    assert "differs in: options.regional" in caplog.text
+
+
+def test_every_compiler_relevant_option_is_in_the_key():
+    """The key's options come from the config dataclass itself: a new option cannot be left out by hand."""
+    import dataclasses
+
+    import optimization
+    from config import OptimizationConfig
+
+    base = OptimizationConfig(fp8_granularity="row")
+    key = optimization.compiled_options(base, fp8=True, attention="native")
+    assert set(key) == {f.name for f in dataclasses.fields(OptimizationConfig)} - optimization.SERVING_OPTIONS
+    changed = {
+        "fp8_granularity": "tensor", "dynamic": False, "regional": False, "fuse_qkv": True, "static_sizes": "512x512",
+        "inductor_configs": {"epilogue_fusion": True},
+    }
+    for name, value in changed.items():
+        other = optimization.compiled_options(dataclasses.replace(base, **{name: value}), fp8=True, attention="native")
+        assert other[name] != key[name], name
+    for name, value in {"aot": False, "cuda_graphs": False, "cache": False, "cache_dir": "/x", "hub_repo": "a/b"}.items():
+        assert optimization.compiled_options(dataclasses.replace(base, **{name: value}), fp8=True, attention="native") == key
+    # What the GPU decided, not what was asked for: FP8 off on a card without it, the backend that could be set up.
+    assert optimization.compiled_options(base, fp8=False, attention="native")["fp8_granularity"] is None
+    assert optimization.compiled_options(base, fp8=True, attention="_flash_3_hub")["attention_backend"] == "_flash_3_hub"
 
 
 def flip_package_byte(entry):
