@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable
 from typing import Any
 
 import diffusers
@@ -224,6 +225,23 @@ def compile_transformer(
     }
 
 
+def load_or_compile(
+    transformer: torch.nn.Module, config: OptimizationConfig, fp8: bool, attention: str, example_call: dict,
+    calls: Callable[[], list[aoti.CapturedCall]],
+) -> tuple[dict[str, list[aoti.CompiledProgram]], bool]:
+    """The programs for this transformer and setup from the program cache, else compiled from `calls()` and
+    stored; and whether they came from the cache. `fp8` and `attention` as decided on the GPU."""
+    cache = aoti.ProgramCache(config.cache_folder, config.hub_repo, os.environ.get("HF_TOKEN")) if config.cache else None
+    key = fingerprint(transformer, config, example_call, fp8, attention)
+    programs = cache.load(key) if cache else None
+    if programs is not None:
+        return programs, True
+    programs = compile_transformer(transformer, calls(), config, fp8)
+    if cache:
+        cache.store(key, programs)
+    return programs, False
+
+
 def program_weights(
     transformer: torch.nn.Module, programs: dict[str, list[aoti.CompiledProgram]], config: OptimizationConfig
 ) -> dict[str, list[dict[str, torch.Tensor]]]:
@@ -281,15 +299,10 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         fp8 = unavailable is None
         if not fp8:
             log.info("FP8 off: %s; the transformer runs in %s", unavailable, dtype)
-        cache = aoti.ProgramCache(config.cache_folder, config.hub_repo, os.environ.get("HF_TOKEN")) if config.cache else None
-        key = fingerprint(transformer, config, example_call, fp8, attention)
-        programs = cache.load(key) if cache else None
-        cached = programs is not None
-        if not cached:
-            calls = [capture(width=w, height=h) for w, h in config.static_resolutions] + [capture()]
-            programs = compile_transformer(transformer, calls, config, fp8)
-            if cache:
-                cache.store(key, programs)
+        programs, cached = load_or_compile(
+            transformer, config, fp8, attention, example_call,
+            calls=lambda: [capture(width=w, height=h) for w, h in config.static_resolutions] + [capture()],
+        )
         prepare_transformer_(transformer, config, fp8)  # done by a compile, not by a cache load
         weights = aoti.HostShared(program_weights(transformer, programs, config))
         return Compiled(programs, weights, fp8, attention, cached)

@@ -55,17 +55,14 @@ def child(mode: str, model_name: str, fp8: str, size: tuple[int, int], started: 
     weights_s = time.perf_counter() - begin
     begin = time.perf_counter()
     cached, phases = None, {}
-    options = OptimizationConfig(fp8_granularity=fp8 or "row")
+    options = OptimizationConfig(fp8_granularity=fp8 or "row", cache_dir=os.environ["AOTI_CACHE_DIR"])
     attention = set_attention_backend(model, options.attention_backend)  # as the app does, for every start
     if mode == "aot":
-        key = optimization.fingerprint(model, options, {"width": size[0], "height": size[1]}, bool(fp8), attention)
-        cache = aoti.ProgramCache(os.environ["AOTI_CACHE_DIR"])
-        programs = cache.load(key)
-        cached = programs is not None
-        if not cached:
-            with compile_phases() as phases:
-                programs = optimization.compile_transformer(model, [aoti.CapturedCall((), call)], options, bool(fp8))
-            cache.store(key, programs)
+        with compile_phases() as phases:  # empty when loaded from the cache
+            programs, cached = optimization.load_or_compile(
+                model, options, bool(fp8), attention, {"width": size[0], "height": size[1]},
+                calls=lambda: [aoti.CapturedCall((), call)],
+            )
         optimization.apply_programs_(model, programs, options, bool(fp8))
         run = model
     else:
