@@ -22,8 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, fields
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import diffusers
@@ -31,11 +31,11 @@ import spaces
 import torch
 import torchao
 from diffusers import FluxPipeline
-from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Float8Tensor, PerRow, PerTensor, quantize_
 
 import aoti
 from attention import set_attention_backend
 from config import MAX_SEQUENCE_LENGTH, MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, OptimizationConfig
+from fp8 import fp8_unavailable, is_fp8, quantize_fp8_
 
 log = logging.getLogger(__name__)
 
@@ -87,37 +87,6 @@ class OptimizationReport:
             f"{'loaded from cache' if self.cached else 'compiled'} in {self.seconds:.1f} s, "
             f"package {self.package_mb:.1f} MB"
         )
-
-
-def fp8_unavailable(granularity: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why FP8 cannot run for weights on `device` in `dtype`, or None.
-
-    Call it on the GPU: ZeroGPU emulates CUDA elsewhere.
-    """
-    if not torch.cuda.is_available():
-        return "no CUDA GPU"
-    if device.type != "cuda":
-        return f"the transformer is on {device.type}"
-    if granularity == "row" and dtype != torch.bfloat16:  # torchao's per-row FP8 quantizes bf16 weights only
-        return f"FP8 per-row needs bfloat16 weights, the transformer has {dtype}"
-    needed = (9, 0) if granularity == "row" else (8, 9)  # per-row scaled matmul needs Hopper
-    capability = torch.cuda.get_device_capability()
-    if capability < needed:
-        name = torch.cuda.get_device_name()
-        return f"{name} has compute capability {capability}, FP8 per-{granularity} needs {needed}"
-    return None
-
-
-def is_fp8(module: torch.nn.Module) -> bool:
-    return any(isinstance(p, Float8Tensor) for p in module.parameters())
-
-
-def quantize_fp8_(module: torch.nn.Module, granularity: str) -> None:
-    """Dynamic FP8 activations and FP8 weights for every linear layer (torchao)."""
-    scale = PerRow() if granularity == "row" else PerTensor()
-    # torchao's default would also switch on coordinate-descent tuning for the whole process: compiles
-    # 8x longer on the H200 for no faster steps, and outside the options the cache key records.
-    quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=scale, set_inductor_config=False))
 
 
 def fuse_qkv_(transformer: torch.nn.Module) -> None:

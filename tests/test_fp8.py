@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchao.quantization.quant_api as quant_api
 
+import fp8
 import optimization
 from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
 from conftest import load_pipeline
@@ -33,7 +34,7 @@ def test_fp8_needs_a_capable_gpu(monkeypatch, available, capability, granularity
     monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
-    result = optimization.fp8_unavailable(granularity, torch.device(device), dtype)
+    result = fp8.fp8_unavailable(granularity, torch.device(device), dtype)
     assert result == reason if reason is None else reason in result
 
 
@@ -80,7 +81,7 @@ def test_unwrapping_fp8_parameters_is_undone_exactly(monkeypatch):
 
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
     module = torch.nn.Sequential(torch.nn.Linear(32, 16)).to(torch.bfloat16)  # FP8 needs sizes divisible by 16
-    optimization.quantize_fp8_(module, "row")
+    fp8.quantize_fp8_(module, "row")
     weight = module[0].weight
     with unwrapped_subclasses(module):
         flat = named_weights(module)
@@ -97,5 +98,5 @@ def test_quantizing_leaves_inductors_settings_alone(monkeypatch):
 
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
     before = inductor_config.get_config_copy()
-    optimization.quantize_fp8_(torch.nn.Sequential(torch.nn.Linear(32, 16)).to(torch.bfloat16), "row")
+    fp8.quantize_fp8_(torch.nn.Sequential(torch.nn.Linear(32, 16)).to(torch.bfloat16), "row")
     assert inductor_config.get_config_copy() == before
