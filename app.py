@@ -227,11 +227,17 @@ with gr.Blocks(title="FLUX, AoT-compiled") as demo:
             seed = gr.Slider(label="Seed", minimum=0, maximum=cfg.MAX_SEED, step=1, value=0)
             randomize_seed = gr.Checkbox(label="Randomize seed", value=True)
             with gr.Row():
-                width = gr.Slider(label="Width", minimum=cfg.MIN_SIZE, maximum=cfg.MAX_SIZE, step=cfg.SIZE_STEP, value=CONFIG.default_size)
-                height = gr.Slider(label="Height", minimum=cfg.MIN_SIZE, maximum=cfg.MAX_SIZE, step=cfg.SIZE_STEP, value=CONFIG.default_size)
+                sides = dict(minimum=cfg.MIN_SIZE, maximum=cfg.MAX_SIZE, step=cfg.SIZE_STEP, value=CONFIG.default_size)
+                width = gr.Slider(label="Width", **sides)
+                height = gr.Slider(label="Height", **sides)
             with gr.Row():
-                guidance_scale = gr.Slider(label="Guidance scale", minimum=cfg.GUIDANCE_RANGE[0], maximum=cfg.GUIDANCE_RANGE[1], step=0.1, value=CONFIG.default_guidance)
-                num_inference_steps = gr.Slider(label="Steps", minimum=1, maximum=CONFIG.max_steps, step=1, value=CONFIG.default_steps)
+                guidance_scale = gr.Slider(
+                    label="Guidance scale", minimum=cfg.GUIDANCE_RANGE[0], maximum=cfg.GUIDANCE_RANGE[1], step=0.1,
+                    value=CONFIG.default_guidance,
+                )
+                num_inference_steps = gr.Slider(
+                    label="Steps", minimum=1, maximum=CONFIG.max_steps, step=1, value=CONFIG.default_steps
+                )
         request = [prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps]  # infer's arguments
         generated = [result, seed, last_generation]
         gr.Examples(

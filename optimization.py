@@ -187,7 +187,9 @@ def compile_transformer(
     prepare_transformer_(transformer, config, fp8)
     return {
         kind: [
-            aoti.compile(aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional), config.compiler_options(fp8))
+            aoti.compile(
+                aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional), config.compiler_options(fp8)
+            )
             for call, dims in zip(kind_calls, dynamic)
         ]
         for kind, kind_calls in module_calls.items()

@@ -10,14 +10,14 @@ For many modules of one structure (FLUX's 57 blocks), `export(block, call, dims,
 and `apply(list_of_blocks, program)` load one program and call it with each block's own weights.
 `CUDAGraphs(module.forward)` replays each input shape's call as one CUDA graph.
 `program_weights` and `HostShared` carry weights prepared in one process (a GPU worker) to another.
-`save`/`load` keep a program on disk, `ProgramCache` reuses programs across starts; nothing here depends on ZeroGPU, and all of it runs on
-CPU and CUDA.
+`save`/`load` keep a program on disk, `ProgramCache` reuses programs across starts; nothing here depends
+on ZeroGPU, and all of it runs on CPU and CUDA.
 """
 
 from .apply import apply, program_weights
 from .artifact import ArtifactError, load, save
 from .cache import ProgramCache
-from .capture import CaptureError, CapturedCall, capture
+from .capture import CapturedCall, CaptureError, capture
 from .compile import compile
 from .cudagraphs import CUDAGraphs
 from .dispatch import CompiledForward

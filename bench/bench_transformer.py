@@ -12,7 +12,6 @@ through `optimization.compile_transformer` and `apply_programs_`, exactly as the
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import platform
@@ -346,7 +345,8 @@ def run_rung(
     start = time.perf_counter()
     static = [aoti.CapturedCall((), calls[size]) for size in config.static_resolutions]
     with compile_phases() as phases:
-        programs = optimization.compile_transformer(model, [*static, aoti.CapturedCall((), calls[example])], config, bool(rung.fp8))
+        dynamic = aoti.CapturedCall((), calls[example])
+        programs = optimization.compile_transformer(model, [*static, dynamic], config, bool(rung.fp8))
     compile_s = time.perf_counter() - start  # capture, quantize, export and compile
     weights_gib = weight_bytes(model) / 2**30  # as served: FP8 where quantized; before apply moves them
     optimization.apply_programs_(model, programs, config, bool(rung.fp8))

@@ -117,7 +117,8 @@ def one_start(label: str, folder: Path, api: harness.DeviceAPI, env: dict, reque
                 result["requests"].append(row)
                 print(json.dumps(row), flush=True)
     result["workers_killed_at_stop"] = harness.stop(server)
-    result["tmp_leftovers_after_stop"] = [p.name for p in server.tmp.iterdir() if p.name.startswith(("aoti-pid-", "aotinductor_"))]
+    extracted = ("aoti-pid-", "aotinductor_")
+    result["tmp_leftovers_after_stop"] = [p.name for p in server.tmp.iterdir() if p.name.startswith(extracted)]
     return result
 
 
@@ -132,8 +133,10 @@ def table(results: dict) -> str:
               "|---|---|---|---:|---:|---:|---:|---:|"]
     for s in results["starts"]:
         for r in s["requests"]:
-            lines.append(f"| {s['start']} | {r['worker']} | {r['width']}x{r['height']}, {r['steps']} | {r['latency_s']:.2f} s | "
-                         f"{r['generation_s']:.2f} s | {r['seconds_per_step']:.3f} | {r['overhead_s']:.2f} s | {r['move_s']:.2f} s |")
+            lines.append(
+                f"| {s['start']} | {r['worker']} | {r['width']}x{r['height']}, {r['steps']} | {r['latency_s']:.2f} s | "
+                f"{r['generation_s']:.2f} s | {r['seconds_per_step']:.3f} | {r['overhead_s']:.2f} s | {r['move_s']:.2f} s |"
+            )
     return "\n".join(lines)
 
 

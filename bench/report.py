@@ -31,7 +31,9 @@ COLDSTART_BEGIN, COLDSTART_END = "<!-- bench:coldstart -->", "<!-- /bench:coldst
 STARTUP_BEGIN, STARTUP_END = "<!-- bench:startup -->", "<!-- /bench:startup -->"
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
 # The per-size table; "+cudagraph" rows are the app's default on the GPU.
-SUMMARY = ("eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row+cudagraph", "aot_fp8_row", "torch_compile_fp8")
+SUMMARY = (
+    "eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row+cudagraph", "aot_fp8_row", "torch_compile_fp8",
+)
 SHORT = {"coordinate_descent_tuning": "CD", "coordinate_descent_check_all_directions": "all directions",
          "split_reductions": "split reductions"}
 # How the host wrapper is built: it changes the compile time, not the kernels (same step time, bench/NOTES.md).
@@ -135,7 +137,8 @@ def full_table(rows: list[dict], size: str) -> list[str]:
     for r in sorted((r for r in picked if r["rung"] != "eager"), key=lambda r: r["ms"]):
         compile_s = r.get("compile_s") or (r.get("first_call_s") if r["rung"].startswith("torch_compile") else None)
         lines.append(
-            f"| {r['label']} | {r.get('attention', '')} | {r['ms']:.1f} | {r['speedup']:.2f}x | {error(r)} | {r.get('peak_gib', 0):.1f} | "
+            f"| {r['label']} | {r.get('attention', '')} | {r['ms']:.1f} | {r['speedup']:.2f}x | {error(r)} | "
+            f"{r.get('peak_gib', 0):.1f} | "
             f"{fmt(compile_s, '.0f')}{' (portable cache)' * bool(r.get('compile_cache'))} | {fmt(r.get('package_mb'), '.1f')} |"
         )
     return lines

@@ -166,7 +166,9 @@ def test_requests_are_checked_before_the_gpu_function_and_reach_it_typed(app, mo
     calls = []
     monkeypatch.setattr(app, "generate", lambda *args: calls.append(args) or ("image", {}))
     names = {"guidance": "guidance_scale", "steps": "num_inference_steps"}
-    request = dict(prompt="a red bicycle", seed=5, randomize_seed=False, width=512, height=256, guidance_scale=3.5, num_inference_steps=2)
+    request = dict(
+        prompt="a red bicycle", seed=5, randomize_seed=False, width=512, height=256, guidance_scale=3.5, num_inference_steps=2
+    )
     for change, message in BAD_REQUESTS:
         with pytest.raises(app.gr.Error, match=message):
             app.infer(**{**request, **{names.get(k, k): v for k, v in change.items()}})

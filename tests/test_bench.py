@@ -29,7 +29,8 @@ def test_readme_tables_are_generated_from_the_committed_results():
         f"README's cold-start section is stale: {regenerate}"
     )
     startup = report.render_startup(ROOT / "bench" / "results" / "startup-cpu.json")
-    assert f"{report.STARTUP_BEGIN}\n{startup}\n{report.STARTUP_END}" in readme, f"README's startup section is stale: {regenerate}"
+    stale = f"README's startup section is stale: {regenerate}"
+    assert f"{report.STARTUP_BEGIN}\n{startup}\n{report.STARTUP_END}" in readme, stale
 
 
 def test_the_per_size_table_shows_each_rungs_latest_run(tmp_path):
@@ -80,7 +81,8 @@ def test_the_benchmark_runs_its_rungs_through_the_project_path(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = report.load([out])
-    assert {(r["rung"], r["size"]) for r in rows} == {(rung, size) for rung in ("eager", "aot_bf16") for size in ("256x256", "512x256")}
+    expected = {(rung, size) for rung in ("eager", "aot_bf16") for size in ("256x256", "512x256")}
+    assert {(r["rung"], r["size"]) for r in rows} == expected
     for row in rows:
         if row["rung"] == "aot_bf16":
             eager = next(r for r in rows if r["rung"] == "eager" and r["size"] == row["size"])
@@ -96,6 +98,7 @@ def test_the_benchmark_runs_its_rungs_through_the_project_path(tmp_path):
 
 def test_compile_phases_restores_what_it_timed():
     import torch._inductor.graph as graph
+
     from compile_phases import compile_phases
 
     run = graph.GraphLowering.run

@@ -174,7 +174,8 @@ def local_hub(tmp_path, monkeypatch):
 
 
 def test_programs_travel_through_the_hub_repo(compiled_program, tmp_path, local_hub):
-    aoti.ProgramCache(tmp_path / "machine-a", "me/flux-aoti", token="write-token").store(FINGERPRINT, {"transformer": [compiled_program]})
+    machine_a = aoti.ProgramCache(tmp_path / "machine-a", "me/flux-aoti", token="write-token")
+    machine_a.store(FINGERPRINT, {"transformer": [compiled_program]})
     assert (local_hub / "me/flux-aoti" / key_of(FINGERPRINT) / ENTRY_FILE).exists()
     other_machine = aoti.ProgramCache(tmp_path / "machine-b", "me/flux-aoti")
     assert other_machine.load(FINGERPRINT) == {"transformer": [compiled_program]}

@@ -76,8 +76,9 @@ def test_fp8_quantize_export_compile_apply(monkeypatch, bf16_image, regional):
 
 
 def test_unwrapping_fp8_parameters_is_undone_exactly(monkeypatch):
-    from aoti.weights import named_weights, unwrapped_subclasses
     from torchao.quantization import Float8Tensor
+
+    from aoti.weights import named_weights, unwrapped_subclasses
 
     monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
     module = torch.nn.Sequential(torch.nn.Linear(32, 16)).to(torch.bfloat16)  # FP8 needs sizes divisible by 16

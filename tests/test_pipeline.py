@@ -31,8 +31,8 @@ def test_compiled_pipeline_gives_the_eager_image(eager_images, caplog):
     pipe = load_pipeline()
     with caplog.at_level(logging.INFO, logger="optimization"):
         report = optimize_pipeline_(
-            pipe, OptimizationConfig(static_sizes="768x384", cache=False), prompt="example", width=512, height=512, num_inference_steps=1,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            pipe, OptimizationConfig(static_sizes="768x384", cache=False), prompt="example", width=512, height=512,
+            num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
         )
     # On CPU, FP8 (on by default) falls back to the model's dtype, saying so once.
     assert (report.aot, report.fp8, report.dtype, report.graphs) == (True, False, "float32", 2)

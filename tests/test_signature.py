@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import aoti
-from optimization import DYNAMIC_AXES, IMAGE_SEQ
 from config import MAX_SIZE, MIN_SIZE, SIZE_STEP
 from conftest import load_transformer
+from optimization import DYNAMIC_AXES, IMAGE_SEQ
 
 
 def test_image_sequence_range_is_derived_from_the_resolution_range():

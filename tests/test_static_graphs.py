@@ -4,8 +4,7 @@ import pytest
 import torch
 
 import aoti
-from conftest import load_pipeline, load_transformer, rel_error
-from config import MAX_SEQUENCE_LENGTH
+from conftest import load_transformer, rel_error
 
 STATIC = (256, 256)
 

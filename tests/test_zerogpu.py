@@ -15,10 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
-import aoti
 from gradio_client import Client
 
+import aoti
 from conftest import ROOT
 from test_app import BAD_REQUESTS
 from zerogpu import harness
