@@ -168,8 +168,7 @@ def infer(
         num_inference_steps: Denoising steps, from 1 to the Space's maximum (50 by default); more is slower and finer.
 
     Returns:
-        The generated image (PNG) and the seed that produced it. (The UI also gets the timing of
-        this generation for its status line; it is not part of the API.)
+        The generated image (PNG) and the seed that produced it.
     """
     # Checked here, before any GPU is reserved: on ZeroGPU a rejected request costs no quota.
     prompt, seed, randomize_seed, width, height, guidance, steps = check_inputs(
@@ -181,7 +180,7 @@ def infer(
     if randomize_seed:
         seed = random.randint(0, cfg.MAX_SEED)
     image, timing = generate(prompt, seed, width, height, guidance, steps)
-    return image, seed, timing
+    return image, seed, timing  # the timing goes to the UI's status line (gr.State), not to API callers
 
 
 def generation_status(timing: dict | None) -> str:
@@ -195,6 +194,13 @@ def generation_status(timing: dict | None) -> str:
 
 
 # UI ----------------------------------------------------------------------------------------------
+
+def whole_number(slider: gr.Slider) -> gr.Slider:
+    """`slider` as API and MCP clients should see it: an integer with its range (a Slider says "float")."""
+    step = f" in steps of {slider.step}" if slider.step != 1 else ""
+    slider.api_info = lambda: {"type": "integer", "description": f"whole number from {slider.minimum} to {slider.maximum}{step}"}
+    return slider
+
 
 # Each example carries its settings: a fixed seed (reproducible) and a size that suits the prompt.
 EXAMPLES = [
@@ -224,20 +230,20 @@ with gr.Blocks(title="FLUX, AoT-compiled") as demo:
         status = gr.Markdown(STATUS, elem_id="status")
         last_generation = gr.State(None)  # this session's last timing; gr.State stays out of the API
         with gr.Accordion("Advanced Settings", open=False):
-            seed = gr.Slider(label="Seed", minimum=0, maximum=cfg.MAX_SEED, step=1, value=0)
+            seed = whole_number(gr.Slider(label="Seed", minimum=0, maximum=cfg.MAX_SEED, step=1, value=0))
             randomize_seed = gr.Checkbox(label="Randomize seed", value=True)
             with gr.Row():
                 sides = dict(minimum=cfg.MIN_SIZE, maximum=cfg.MAX_SIZE, step=cfg.SIZE_STEP, value=CONFIG.default_size)
-                width = gr.Slider(label="Width", **sides)
-                height = gr.Slider(label="Height", **sides)
+                width = whole_number(gr.Slider(label="Width", **sides))
+                height = whole_number(gr.Slider(label="Height", **sides))
             with gr.Row():
                 guidance_scale = gr.Slider(
                     label="Guidance scale", minimum=cfg.GUIDANCE_RANGE[0], maximum=cfg.GUIDANCE_RANGE[1], step=0.1,
                     value=CONFIG.default_guidance,
                 )
-                num_inference_steps = gr.Slider(
+                num_inference_steps = whole_number(gr.Slider(
                     label="Steps", minimum=1, maximum=CONFIG.max_steps, step=1, value=CONFIG.default_steps
-                )
+                ))
         request = [prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps]  # infer's arguments
         generated = [result, seed, last_generation]
         gr.Examples(

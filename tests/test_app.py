@@ -80,10 +80,16 @@ def test_a_very_long_prompt_is_truncated_not_refused(client):
     assert path.exists()
 
 
-def test_api_description_lists_infer_with_its_parameters(client):
+def test_api_description_lists_infer_with_its_parameters_types_and_ranges(client):
     info = client.view_api(return_format="dict", print_info=False)
-    parameters = [p["parameter_name"] for p in info["named_endpoints"]["/infer"]["parameters"]]
-    assert parameters == ["prompt", "seed", "randomize_seed", "width", "height", "guidance_scale", "num_inference_steps"]
+    parameters = {p["parameter_name"]: p for p in info["named_endpoints"]["/infer"]["parameters"]}
+    assert list(parameters) == ["prompt", "seed", "randomize_seed", "width", "height", "guidance_scale", "num_inference_steps"]
+    types = {name: p["python_type"]["type"] for name, p in parameters.items()}
+    assert types == {"prompt": "str", "seed": "int", "randomize_seed": "bool", "width": "int", "height": "int",
+                     "guidance_scale": "float", "num_inference_steps": "int"}
+    assert parameters["width"]["type"]["description"] == "whole number from 256 to 2048 in steps of 32"
+    assert parameters["seed"]["type"]["description"] == "whole number from 0 to 2147483647"
+    assert "between 1.0 and 15.0" in parameters["guidance_scale"]["type"]["description"]
 
 
 def test_mcp_tool_schema_describes_every_argument(app):
@@ -94,7 +100,13 @@ def test_mcp_tool_schema_describes_every_argument(app):
     assert list(properties) == ["prompt", "seed", "randomize_seed", "width", "height", "guidance_scale", "num_inference_steps"]
     for name, schema in properties.items():
         assert schema["description"] and schema["description"] in app.infer.__doc__, name
+    assert {name: schema["type"] for name, schema in properties.items() if name != "prompt"} == {
+        "seed": "integer", "randomize_seed": "boolean", "width": "integer", "height": "integer",
+        "guidance_scale": "number", "num_inference_steps": "integer",
+    }
     assert tool["inputSchema"]["required"] == ["prompt"]
+    # Each line of the docstring's sections is a sentence of its own: Gradio joins lines with ", ".
+    assert "Returns: The generated image (PNG) and the seed that produced it." in tool["description"]
 
 
 RUNNING = (Status.PROCESSING, Status.PROGRESS, Status.ITERATING)
