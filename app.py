@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
 import random
 import time
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -44,6 +47,8 @@ def load_pipeline(config: cfg.AppConfig) -> FluxPipeline:
 start = time.perf_counter()
 pipe = load_pipeline(CONFIG)
 log.info("loaded %s on %s in %.1f s", CONFIG.model, CONFIG.device, time.perf_counter() - start)
+MODEL = cfg.model_defaults(pipe.transformer.config)  # FLUX.1-dev-like (guidance input) or schnell-like
+STEPS = CONFIG.steps_for(MODEL)
 
 # Optimize ----------------------------------------------------------------------------------------
 
@@ -54,30 +59,35 @@ report = optimize_pipeline_(
     width=CONFIG.default_size,
     height=CONFIG.default_size,
     num_inference_steps=1,
-    max_sequence_length=cfg.MAX_SEQUENCE_LENGTH,
+    max_sequence_length=MODEL.max_sequence_length,
 )
 device_name = torch.cuda.get_device_name() if CONFIG.device.startswith("cuda") else "CPU"
-model_name = "embedded tiny FLUX (random weights)" if CONFIG.embedded else CONFIG.model
-STATUS = f"**{model_name}** on {device_name} · {report.summary()}"
+MODEL_NAME = "embedded tiny FLUX (random weights)" if CONFIG.embedded else CONFIG.model
+STATUS = f"**{MODEL_NAME}** on {device_name} · {report.summary()}"
 
 # Infer -------------------------------------------------------------------------------------------
 
 
+def rejection(message: str) -> gr.Error:
+    # The caller gets the message; the log gets one line from `infer`, not Gradio's traceback.
+    return gr.Error(message, print_exception=False)
+
+
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool):  # float(True) is 1.0: a JSON true must not pass as one step
-        raise gr.Error(f"{name} must be a number, got {value!r}.")
+        raise rejection(f"{name} must be a number, got {value!r}.")
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a number, got {value!r}.") from None
+        raise rejection(f"{name} must be a number, got {value!r}.") from None
 
 
 def _integer(name: str, value: Any, low: int, high: int) -> int:
     number = _number(name, value)
     if not number.is_integer():
-        raise gr.Error(f"{name} must be a whole number, got {value!r}.")
+        raise rejection(f"{name} must be a whole number, got {value!r}.")
     if not low <= number <= high:
-        raise gr.Error(f"{name} must be between {low} and {high}, got {int(number)}.")
+        raise rejection(f"{name} must be between {low} and {high}, got {int(number)}.")
     return int(number)
 
 
@@ -85,22 +95,22 @@ def _size(name: str, value: Any) -> int:
     size = _integer(name, value, cfg.MIN_SIZE, cfg.MAX_SIZE)
     if size % cfg.SIZE_STEP:
         # Rejected, not snapped: the image a caller gets always has the size it asked for.
-        raise gr.Error(f"{name} must be a multiple of {cfg.SIZE_STEP}, got {size}.")
+        raise rejection(f"{name} must be a multiple of {cfg.SIZE_STEP}, got {size}.")
     return size
 
 
 def check_inputs(prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps):
     """The request as typed values, or gr.Error naming the first bad field. Changes nothing."""
     if not isinstance(prompt, str):
-        raise gr.Error(f"prompt must be text, got {type(prompt).__name__}.")
+        raise rejection(f"prompt must be text, got {type(prompt).__name__}.")
     if not prompt.strip():
-        raise gr.Error("Enter a prompt.")
+        raise rejection("Enter a prompt.")
     if not isinstance(randomize_seed, bool):
-        raise gr.Error(f"randomize_seed must be true or false, got {randomize_seed!r}.")
+        raise rejection(f"randomize_seed must be true or false, got {randomize_seed!r}.")
     guidance = _number("guidance_scale", guidance_scale)
     low, high = cfg.GUIDANCE_RANGE
     if not (math.isfinite(guidance) and low <= guidance <= high):
-        raise gr.Error(f"guidance_scale must be between {low} and {high}, got {guidance_scale!r}.")
+        raise rejection(f"guidance_scale must be between {low} and {high}, got {guidance_scale!r}.")
     return (
         prompt.strip(),
         _integer("seed", seed, 0, cfg.MAX_SEED),
@@ -136,7 +146,7 @@ def generate(prompt: str, seed: int, width: int, height: int, guidance: float, s
         height=height,
         guidance_scale=guidance,
         num_inference_steps=steps,
-        max_sequence_length=cfg.MAX_SEQUENCE_LENGTH,
+        max_sequence_length=MODEL.max_sequence_length,
         generator=torch.Generator().manual_seed(seed),  # CPU generator: same image for a seed on any device
         callback_on_step_end=on_step_end,
     ).images[0]
@@ -153,34 +163,56 @@ def infer(
     width: int = CONFIG.default_size,
     height: int = CONFIG.default_size,
     guidance_scale: float = CONFIG.default_guidance,
-    num_inference_steps: int = CONFIG.default_steps,
+    num_inference_steps: int = STEPS,
     progress: gr.Progress = gr.Progress(track_tqdm=True),
 ):
     """Generate an image from a text prompt with FLUX (transformer AoT-compiled).
 
     Args:
-        prompt: What to draw. Must not be empty; T5 reads the first 512 tokens, CLIP the first 77.
+        prompt: What to draw, not empty. T5 reads 512 tokens (schnell: 256), CLIP 77; a cut prompt is noted in the image.
         seed: Random seed, an integer from 0 to 2147483647. The same seed and settings give the same image.
         randomize_seed: If true, ignore `seed` and draw a new one (returned as the second output).
         width: Image width in pixels: a multiple of 32 from 256 to 2048. Other values are rejected.
         height: Image height in pixels: a multiple of 32 from 256 to 2048. Other values are rejected.
-        guidance_scale: How closely to follow the prompt, from 1 to 15 (FLUX.1-dev: 3.5).
-        num_inference_steps: Denoising steps, from 1 to the Space's maximum (50 by default); more is slower and finer.
+        guidance_scale: How closely to follow the prompt, from 1 to 15 (FLUX.1-dev: 3.5); schnell-like models ignore it.
+        num_inference_steps: Denoising steps, from 1 to the Space's maximum (50 by default); FLUX.1-dev uses 28, schnell 4.
 
     Returns:
-        The generated image (PNG) and the seed that produced it.
+        The generated image (PNG, with its prompt, seed and settings as text fields) and the seed that produced it.
     """
     # Checked here, before any GPU is reserved: on ZeroGPU a rejected request costs no quota.
-    prompt, seed, randomize_seed, width, height, guidance, steps = check_inputs(
-        prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps
-    )
-    tokens = len(pipe.tokenizer_2(prompt).input_ids)
-    if tokens > cfg.MAX_SEQUENCE_LENGTH:
-        gr.Warning(f"The prompt is {tokens} tokens long; only the first {cfg.MAX_SEQUENCE_LENGTH} are used.")
+    try:
+        prompt, seed, randomize_seed, width, height, guidance, steps = check_inputs(
+            prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps
+        )
+    except gr.Error as error:
+        log.info("rejected request: %s", error.message)
+        raise
+    warning = truncation_warning(prompt)
+    if warning:
+        gr.Warning(warning)  # the UI shows it; API callers find it in the image's text fields
+        log.info("%s", warning)
     if randomize_seed:
         seed = random.randint(0, cfg.MAX_SEED)
     image, timing = generate(prompt, seed, width, height, guidance, steps)
+    image.info.update(settings_of(prompt, seed, width, height, guidance, steps, warning))  # Gradio keeps them in the PNG
     return image, seed, timing  # the timing goes to the UI's status line (gr.State), not to API callers
+
+
+def truncation_warning(prompt: str) -> str | None:
+    tokens = len(pipe.tokenizer_2(prompt, verbose=False).input_ids)  # verbose: no tokenizer warning for a long prompt
+    limit = MODEL.max_sequence_length
+    return f"The prompt is {tokens} T5 tokens long; only the first {limit} were used." if tokens > limit else None
+
+
+def settings_of(prompt: str, seed: int, width: int, height: int, guidance: float, steps: int, warning: str | None) -> dict:
+    """What made an image, as PNG text fields: anyone holding the file can reproduce or audit it."""
+    settings = dict(prompt=prompt, model=MODEL_NAME, seed=seed, width=width, height=height, num_inference_steps=steps)
+    if MODEL.guidance:
+        settings["guidance_scale"] = guidance
+    if warning:
+        settings["warning"] = warning
+    return {key: str(value) for key, value in settings.items()}
 
 
 def generation_status(timing: dict | None) -> str:
@@ -208,6 +240,22 @@ EXAMPLES = [
     ["a cat holding a sign that says hello world", 7, False, 1024, 768],
     ["a lighthouse on a cliff at dusk, tall vertical poster", 3, False, 768, 1344],
 ]
+EXAMPLE_ROWS = [row + [CONFIG.default_guidance, STEPS] for row in EXAMPLES]
+EXAMPLES_CACHE = Path(os.environ.get("GRADIO_EXAMPLES_CACHE", ".gradio/cached_examples"))  # Gradio's default
+
+
+def example_cache_folder() -> str:
+    """Gradio's example cache, one folder per model and setup: Gradio keys cached images by example index only,
+    so after a change of FLUX_MODEL (or of what else changes the image) a click would serve a stale image."""
+    makes_the_image = [
+        pipe.transformer.config.get("_name_or_path", ""), CONFIG.model, CONFIG.dtype, CONFIG.device,  # model and snapshot
+        report.aot, report.fp8, report.attention, EXAMPLE_ROWS,
+    ]
+    digest = hashlib.sha256(json.dumps(makes_the_image).encode()).hexdigest()[:16]
+    return str(EXAMPLES_CACHE / digest)
+
+
+os.environ["GRADIO_EXAMPLES_CACHE"] = example_cache_folder()  # read by gr.Examples below
 CSS = "#col-container { margin: 0 auto; max-width: 640px; }"
 # On a Space, its own README (SPACE_ID is set there); elsewhere the blog post this template follows.
 HOW_IT_WORKS = (
@@ -239,15 +287,15 @@ with gr.Blocks(title="FLUX, AoT-compiled") as demo:
             with gr.Row():
                 guidance_scale = gr.Slider(
                     label="Guidance scale", minimum=cfg.GUIDANCE_RANGE[0], maximum=cfg.GUIDANCE_RANGE[1], step=0.1,
-                    value=CONFIG.default_guidance,
+                    value=CONFIG.default_guidance, visible=MODEL.guidance,  # a schnell-like model has no guidance input
                 )
                 num_inference_steps = whole_number(gr.Slider(
-                    label="Steps", minimum=1, maximum=CONFIG.max_steps, step=1, value=CONFIG.default_steps
+                    label="Steps", minimum=1, maximum=CONFIG.max_steps, step=1, value=STEPS
                 ))
         request = [prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps]  # infer's arguments
         generated = [result, seed, last_generation]
         gr.Examples(
-            examples=[row + [CONFIG.default_guidance, CONFIG.default_steps] for row in EXAMPLES],
+            examples=EXAMPLE_ROWS,
             fn=infer,
             inputs=request,
             outputs=generated,

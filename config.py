@@ -23,9 +23,27 @@ HUB_MODEL = "black-forest-labs/FLUX.1-dev"
 # so sides in steps of 32 make the image tokens a multiple of 4, which the compiled graph relies on.
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 256, 2048, 32
 PIXELS_PER_TOKEN = 16
-MAX_SEQUENCE_LENGTH = 512  # T5 tokens; the compiled graph has this static text length
 MAX_SEED = 2**31 - 1
 GUIDANCE_RANGE = (1.0, 15.0)  # of the UI and the API
+
+
+@dataclass(frozen=True)
+class ModelDefaults:
+    """What a FLUX checkpoint was distilled for, read from its transformer config (`model_defaults`)."""
+
+    guidance: bool  # guidance is a transformer input (FLUX.1-dev); a timestep-distilled model ignores it
+    steps: int
+    max_sequence_length: int  # T5 tokens it was trained with; the compiled graph's static text length
+
+
+FLUX_DEV = ModelDefaults(guidance=True, steps=28, max_sequence_length=512)
+FLUX_SCHNELL = ModelDefaults(guidance=False, steps=4, max_sequence_length=256)
+MAX_SEQUENCE_LENGTH = FLUX_DEV.max_sequence_length
+
+
+def model_defaults(transformer_config: Mapping[str, Any]) -> ModelDefaults:
+    """From the architecture, not the name: fine-tunes (Krea-dev and others) keep their base's guidance embedding."""
+    return FLUX_DEV if transformer_config.get("guidance_embeds", False) else FLUX_SCHNELL
 
 
 def env(name: str) -> dict[str, str]:
@@ -106,7 +124,7 @@ class AppConfig:
     model: str = field(default=HUB_MODEL, metadata=env("FLUX_MODEL"))  # hub id or local folder
     device: str = field(default="cuda", metadata=env("FLUX_DEVICE"))
     dtype: str = field(default="bfloat16", metadata=env("FLUX_DTYPE"))
-    default_steps: int = 28
+    default_steps: int | None = None  # None: the model's (`ModelDefaults.steps`)
     max_steps: int = field(default=50, metadata=env("FLUX_MAX_STEPS"))
     default_guidance: float = 3.5
     default_size: int = 1024
@@ -117,6 +135,9 @@ class AppConfig:
     @property
     def embedded(self) -> bool:
         return self.model == EMBEDDED_MODEL
+
+    def steps_for(self, model: ModelDefaults) -> int:
+        return self.default_steps or model.steps
 
 
 PRESETS = {

@@ -34,7 +34,7 @@ from diffusers import FluxPipeline
 
 import aoti
 from attention import set_attention_backend
-from config import MAX_SEQUENCE_LENGTH, MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, OptimizationConfig
+from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, OptimizationConfig
 from fp8 import fp8_unavailable, is_fp8, quantize_fp8_
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,11 @@ IMAGE_SEQ = aoti.Dim(
     multiple=(SIZE_STEP // PIXELS_PER_TOKEN) ** 2,
 )
 DYNAMIC_AXES = {"hidden_states": {1: IMAGE_SEQ}, "img_ids": {0: IMAGE_SEQ}}
-# A block's call: the rotary table spans the (static) text tokens and the image tokens.
-BLOCK_AXES = {"hidden_states": {1: IMAGE_SEQ}, "image_rotary_emb": {0: IMAGE_SEQ + MAX_SEQUENCE_LENGTH}}
+
+
+def block_axes(text_tokens: int) -> dict:
+    """A block's dynamic axes: its rotary table spans the (static) text tokens and the image tokens."""
+    return {"hidden_states": {1: IMAGE_SEQ}, "image_rotary_emb": {0: IMAGE_SEQ + text_tokens}}
 
 
 @dataclass(frozen=True)
@@ -181,7 +184,8 @@ def compile_transformer(
 ) -> dict[str, list[aoti.CompiledProgram]]:
     """Steps 3-5 for captured transformer calls: one per static size first, the dynamic one last."""
     targets = compiled_modules(transformer, config.regional)
-    axes = BLOCK_AXES if config.regional else DYNAMIC_AXES
+    text_tokens = calls[0].kwargs["encoder_hidden_states"].shape[1]  # the model's max_sequence_length
+    axes = block_axes(text_tokens) if config.regional else DYNAMIC_AXES
     dynamic = [None] * (len(calls) - 1) + [axes if config.dynamic else None]
     module_calls = {kind: [capture_module(transformer, modules[0], call) for call in calls] for kind, modules in targets.items()}
     prepare_transformer_(transformer, config, fp8)

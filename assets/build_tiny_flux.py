@@ -1,6 +1,7 @@
 """Builds the embedded default: a tiny FluxPipeline with FLUX.1-dev's geometry, fully offline.
 
     python assets/build_tiny_flux.py            # writes assets/tiny-flux/
+    python assets/build_tiny_flux.py --schnell --transformer num_layers=2 --out /tmp/tiny-schnell  # other shapes
 
 Every component is a real diffusers/transformers class, saved with `save_pretrained` and loaded
 by the app through the same `FluxPipeline.from_pretrained` call as the real model. Weights are
@@ -8,6 +9,7 @@ random but seeded, so the folder is reproducible; it is committed (about 1 MB).
 """
 
 import argparse
+import json
 import string
 from pathlib import Path
 
@@ -50,12 +52,18 @@ TINY_TRANSFORMER = dict(
 )
 
 
-def build(seed: int = 0, transformer: FluxTransformer2DModel | None = None) -> FluxPipeline:
-    """The tiny pipeline; with `transformer` (e.g. FLUX.1-dev's config, random weights), text encoders sized for it."""
+def build(
+    seed: int = 0, transformer: FluxTransformer2DModel | None = None, schnell: bool = False, **shape: int
+) -> FluxPipeline:
+    """The tiny pipeline; with `transformer` (e.g. FLUX.1-dev's config, random weights), text encoders sized for it.
+
+    `schnell`: FLUX.1-schnell's architecture (no guidance input) and scheduler (no resolution-dependent
+    shift); `shape`: other sizes for the tiny transformer, e.g. num_layers=2.
+    """
     clip_tok, t5_tok = clip_tokenizer(), t5_tokenizer()
     torch.manual_seed(seed)
     if transformer is None:
-        transformer = FluxTransformer2DModel(**TINY_TRANSFORMER)
+        transformer = FluxTransformer2DModel(**{**TINY_TRANSFORMER, "guidance_embeds": not schnell, **shape})
     t5_dim, clip_dim = transformer.config.joint_attention_dim, transformer.config.pooled_projection_dim
     vae = AutoencoderKL(
         in_channels=3,
@@ -101,9 +109,9 @@ def build(seed: int = 0, transformer: FluxTransformer2DModel | None = None) -> F
         )
     )
     scheduler = FlowMatchEulerDiscreteScheduler(
-        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        shift=1.0 if schnell else 3.0, use_dynamic_shifting=not schnell, base_shift=0.5, max_shift=1.15,
         base_image_seq_len=256, max_image_seq_len=4096,
-    )  # FLUX.1-dev's scheduler config
+    )  # FLUX.1-dev's or FLUX.1-schnell's scheduler config
     pipeline = FluxPipeline(
         scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=clip_tok,
         text_encoder_2=text_encoder_2, tokenizer_2=t5_tok, transformer=transformer,
@@ -116,8 +124,11 @@ def build(seed: int = 0, transformer: FluxTransformer2DModel | None = None) -> F
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--schnell", action="store_true", help="FLUX.1-schnell's architecture: no guidance input")
+    parser.add_argument("--transformer", nargs="*", default=[], metavar="KEY=VALUE", help="sizes, e.g. num_layers=2")
     args = parser.parse_args()
-    build().save_pretrained(args.out, safe_serialization=True)
+    shape = {key: json.loads(value) for key, value in (item.split("=", 1) for item in args.transformer)}
+    build(schnell=args.schnell, **shape).save_pretrained(args.out, safe_serialization=True)
     size = sum(f.stat().st_size for f in args.out.rglob("*") if f.is_file())
     print(f"wrote {args.out} ({size / 1e6:.2f} MB)")
 

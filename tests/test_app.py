@@ -1,5 +1,6 @@
 """The app as a server: started in-process, called through gradio_client like any API user."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -75,9 +76,36 @@ def test_bad_inputs_get_a_clear_error_and_change_nothing(client):
     assert before.read_bytes() == after.read_bytes()
 
 
-def test_a_very_long_prompt_is_truncated_not_refused(client):
+def test_a_very_long_prompt_is_truncated_not_refused_and_the_image_says_so(client):
     path, _ = infer(client, prompt="a very long prompt " * 200)
-    assert path.exists()
+    with Image.open(path) as image:
+        assert "only the first 512 were used" in image.info["warning"]
+
+
+def test_the_png_carries_what_made_it(client):
+    path, seed = infer(client, prompt="a red bicycle", seed=5, width=384, height=256, guidance=4.0, steps=2)
+    with Image.open(path) as image:
+        fields = dict(image.info)
+    assert fields == {"prompt": "a red bicycle", "model": "embedded tiny FLUX (random weights)", "seed": "5", "width": "384",
+                      "height": "256", "num_inference_steps": "2", "guidance_scale": "4.0"}
+
+
+def test_a_rejected_request_is_one_log_line(app, client, caplog):
+    with caplog.at_level("INFO"), pytest.raises(Exception, match="multiple of 32"):
+        infer(client, width=500)
+    assert [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()] == [
+        "rejected request: width must be a multiple of 32, got 500."
+    ]
+    assert "Traceback" not in caplog.text
+
+
+def test_cached_examples_are_kept_per_model(app, monkeypatch):
+    """Gradio keys cached examples by position only: another model (or dtype, FP8, ...) must get another folder."""
+    folder = app.example_cache_folder()
+    assert app.os.environ["GRADIO_EXAMPLES_CACHE"] == folder
+    for change in (dict(model="someone/other-flux"), dict(dtype="bfloat16")):
+        monkeypatch.setattr(app, "CONFIG", dataclasses.replace(app.CONFIG, **change))
+        assert app.example_cache_folder() != folder, change
 
 
 def test_api_description_lists_infer_with_its_parameters_types_and_ranges(client):
@@ -106,7 +134,7 @@ def test_mcp_tool_schema_describes_every_argument(app):
     }
     assert tool["inputSchema"]["required"] == ["prompt"]
     # Each line of the docstring's sections is a sentence of its own: Gradio joins lines with ", ".
-    assert "Returns: The generated image (PNG) and the seed that produced it." in tool["description"]
+    assert "Returns: The generated image (PNG, with its prompt, seed and settings as text fields) and" in tool["description"]
 
 
 RUNNING = (Status.PROCESSING, Status.PROGRESS, Status.ITERATING)
@@ -163,7 +191,7 @@ def test_long_prompt_warns_that_it_is_cut(app, monkeypatch):
     monkeypatch.setattr(app.gr, "Warning", warnings.append)
     image, _, _ = app.infer("many words " * 300, 1, False, 256, 256, 3.5, 1)
     assert image.size == (256, 256)
-    assert len(warnings) == 1 and "only the first 512 are used" in warnings[0]
+    assert len(warnings) == 1 and "only the first 512 were used" in warnings[0]
 
 
 def test_zerogpu_duration_grows_with_work(app):
@@ -176,7 +204,7 @@ def test_zerogpu_duration_grows_with_work(app):
 def test_requests_are_checked_before_the_gpu_function_and_reach_it_typed(app, monkeypatch):
     """On ZeroGPU the GPU function forks a worker and reserves a GPU: a bad request must never get there."""
     calls = []
-    monkeypatch.setattr(app, "generate", lambda *args: calls.append(args) or ("image", {}))
+    monkeypatch.setattr(app, "generate", lambda *args: calls.append(args) or (Image.new("RGB", (8, 8)), {}))
     names = {"guidance": "guidance_scale", "steps": "num_inference_steps"}
     request = dict(
         prompt="a red bicycle", seed=5, randomize_seed=False, width=512, height=256, guidance_scale=3.5, num_inference_steps=2
@@ -203,4 +231,4 @@ def test_concurrent_requests_each_get_the_image_of_their_own_seed(client):
 
 def test_examples_carry_valid_settings(app):
     for prompt, seed, randomize, width, height in app.EXAMPLES:
-        app.check_inputs(prompt, seed, randomize, width, height, app.CONFIG.default_guidance, app.CONFIG.default_steps)
+        app.check_inputs(prompt, seed, randomize, width, height, app.CONFIG.default_guidance, app.STEPS)

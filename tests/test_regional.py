@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import aoti
+from config import MAX_SEQUENCE_LENGTH
 from conftest import load_transformer, rel_error
-from optimization import BLOCK_AXES, compiled_modules
+from optimization import block_axes, compiled_modules
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +19,7 @@ def block_programs(captured_call):
     for kind, modules in compiled_modules(transformer, regional=True).items():
         with aoti.capture(modules[0]) as call, torch.no_grad():
             transformer(**captured_call.kwargs)
-        programs[kind] = aoti.compile(aoti.export(modules[0], call, BLOCK_AXES, weights_as_inputs=True))
+        programs[kind] = aoti.compile(aoti.export(modules[0], call, block_axes(MAX_SEQUENCE_LENGTH), weights_as_inputs=True))
     return programs
 
 
