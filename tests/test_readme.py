@@ -1,0 +1,38 @@
+"""The README is the Space author's page: short, in the order they need it, with commands and a call that work."""
+
+import ast
+import inspect
+import re
+
+from conftest import ROOT
+
+README = (ROOT / "README.md").read_text()
+SECTIONS = ["Duplicate this Space", "Two commands", "Call it from a program", "Settings", "How it works", "Speed",
+            "ZeroGPU", "Troubleshooting"]
+
+
+def test_readme_is_short_and_in_the_order_a_space_author_needs():
+    assert len(README.encode()) <= 12_000
+    assert re.findall(r"^## (.+)$", README, flags=re.M) == SECTIONS
+
+
+def test_exactly_two_commands_for_a_fresh_machine():
+    commands = re.findall(r"^    (pip install .+)$", README, flags=re.M)
+    assert commands == [
+        "pip install -r requirements.txt && python app.py", "pip install -r requirements-dev.txt && python -m pytest"
+    ]
+    assert (ROOT / ".ci" / "run").read_text().count(commands[1]) == 1  # CI runs the README's test command
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in README  # the CPU wheel, for machines without a GPU
+
+
+def test_the_client_example_calls_infer_with_its_parameters_in_order():
+    import app
+
+    code = re.search(r"```python\n(.+?)```", README, flags=re.S).group(1)
+    calls = [node for node in ast.walk(ast.parse(code)) if isinstance(node, ast.Call)]
+    call = next(node for node in calls if getattr(node.func, "attr", "") == "predict")
+    names = [name for name in inspect.signature(app.infer).parameters if name != "progress"]
+    assert len(call.args) == len(names) and {k.arg: k.value.value for k in call.keywords} == {"api_name": "/infer"}
+    comments = re.findall(r"# (\w+)", code.split("client.predict(")[1].split("api_name")[0])
+    assert comments == names
+    app.check_inputs(*[ast.literal_eval(arg) for arg in call.args])  # the example's values are valid
