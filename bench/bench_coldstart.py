@@ -1,6 +1,6 @@
 """Cold start of the FLUX transformer: process start to the first finished step, in fresh processes.
 
-    python bench/bench_coldstart.py --json bench/results/NAME.json [--model tiny] [--fp8 row]
+    python -m bench.bench_coldstart --json bench/results/NAME.json [--model tiny] [--fp8 row]
 
 (a) AoT, compiling from scratch (empty program and inductor caches); (b) AoT, loading the program
 cached by (a); (c) torch.compile with an empty and with a warm inductor cache. Building the
@@ -20,9 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from config import OptimizationConfig  # standard library only: no import time to speak of
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from config import OptimizationConfig  # noqa: E402  (standard library only: no import time to speak of)
 
 STARTS = {
     "aot, empty caches": ("aot", "empty"),
@@ -37,12 +37,11 @@ def child(mode: str, model_name: str, fp8: str, size: tuple[int, int], started: 
     import torch
 
     torch_imported = time.time()
-    sys.path.insert(0, str(ROOT / "bench"))
     import aoti
     import optimization
     from attention import set_attention_backend
-    from bench_transformer import build, inputs, model_config, quantize_fp8_like_a_user_
-    from compile_phases import compile_phases
+    from bench.bench_transformer import build, inputs, model_config, quantize_fp8_like_a_user_
+    from bench.compile_phases import compile_phases
 
     imported = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -109,9 +108,9 @@ def main() -> None:
             # Empty starts use an inductor cache nothing has written; warm starts reuse the previous start's.
             inductor = f"{compile_cache}/{mode}"
             env = {**os.environ, "AOTI_CACHE_DIR": aot_cache, "TORCHINDUCTOR_CACHE_DIR": inductor}
-            command = [sys.executable, __file__, "--model", args.model, "--fp8", args.fp8, "--size", args.size,
-                       "--json", str(args.json), "--child", mode, repr(time.time())]
-            done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=3000)
+            command = [sys.executable, "-m", "bench.bench_coldstart", "--model", args.model, "--fp8", args.fp8,
+                       "--size", args.size, "--json", str(args.json), "--child", mode, repr(time.time())]
+            done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3000)
             if done.returncode != 0:
                 raise RuntimeError(f"{label} failed:\n{done.stderr[-3000:]}")
             row = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT"))[7:])

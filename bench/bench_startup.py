@@ -1,6 +1,6 @@
 """Cold start of the app: process start to a served-ready app, with an empty and a warm program cache.
 
-    python bench/bench_startup.py --json bench/results/startup-cpu.json [--runs 2]
+    python -m bench.bench_startup --json bench/results/startup-cpu.json [--runs 2]
 
 Each start is a fresh `python -c "import app"` (load, optimize, build the UI; no launch). Each run
 gets empty AOTI and inductor caches: its first start compiles and fills them, the second loads.

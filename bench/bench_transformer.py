@@ -1,6 +1,6 @@
 """FLUX.1-dev transformer per step: eager vs the project's AoT path (bf16, FP8, ...), on one GPU.
 
-    python bench/bench_transformer.py --json bench/results/NAME.json [--blocks 19 38] [--rungs ...]
+    python -m bench.bench_transformer --json bench/results/NAME.json [--blocks 19 38] [--rungs ...]
 
 Random bf16 weights with FLUX.1-dev's exact config (speed does not depend on weight values);
 `--blocks 2 4` keeps the geometry and cuts the depth, for quick iterations. Every rung runs the
@@ -26,14 +26,11 @@ from typing import Any
 import torch
 from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow, PerTensor, quantize_
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-import aoti  # noqa: E402
-import optimization  # noqa: E402
-from attention import set_attention_backend  # noqa: E402
-from compile_phases import compile_phases  # noqa: E402
-from config import EMBEDDED_MODEL, MAX_SEQUENCE_LENGTH, OptimizationConfig  # noqa: E402
+import aoti
+import optimization
+from attention import set_attention_backend
+from bench.compile_phases import compile_phases
+from config import EMBEDDED_MODEL, MAX_SEQUENCE_LENGTH, OptimizationConfig
 
 FLUX_DEV = dict(
     patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,

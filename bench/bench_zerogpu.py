@@ -1,7 +1,7 @@
 """The app under spaces' real ZeroGPU mode on a GPU machine: start to serving, and what a request pays.
 
-    python bench/bench_zerogpu.py --model embedded --json OUT.json
-    python bench/bench_zerogpu.py --model flux-dev --json OUT.json   # FLUX.1-dev's transformer, random weights
+    python -m bench.bench_zerogpu --model embedded --json OUT.json
+    python -m bench.bench_zerogpu --model flux-dev --json OUT.json   # FLUX.1-dev's transformer, random weights
 
 Serves app.py through tests/zerogpu (the device-API stand-in and the observing probes) twice: from
 an empty program cache, then again from the cache the first start filled. Each start serves requests
@@ -25,10 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from tests.zerogpu import harness
 
-from tests.zerogpu import harness  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 EMBEDDED = ROOT / "assets" / "tiny-flux"
 
@@ -38,9 +37,8 @@ def build_flux_dev(folder: Path) -> Path:
     import torch
     from diffusers import FluxTransformer2DModel
 
-    sys.path.insert(0, str(ROOT / "assets"))
-    from bench_transformer import FLUX_DEV
-    from build_tiny_flux import build
+    from assets.build_tiny_flux import build
+    from bench.bench_transformer import FLUX_DEV
 
     with torch.device("cuda"):  # random init of 11.9 B parameters: seconds on the GPU, minutes on the CPU
         transformer = FluxTransformer2DModel(**FLUX_DEV).to(torch.bfloat16)
@@ -160,7 +158,7 @@ def main() -> None:
     results = {
         "card": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "CPU",
         "torch": torch.__version__, "python": platform.python_version(), "model": args.model,
-        "command": "python bench/bench_zerogpu.py " + " ".join(sys.argv[1:]), "starts": [],
+        "command": " ".join(["bench_zerogpu.py", *sys.argv[1:]]), "starts": [],
     }
     requests = [dict(zip(("width", "height", "steps"), map(int, s.replace(":", "x").split("x")))) for s in args.sizes]
     api = harness.start_device_api(work)

@@ -1,15 +1,16 @@
-"""Merge benchmark JSON files into tables; optionally write them into the README.
+"""Render the committed benchmark results into the tables of bench/README.md and README.md.
 
-    python bench/report.py bench/results/h200-full/*/*.json --coldstart bench/results/coldstart-h200-fp8.json \
-        bench/results/coldstart-h200-bf16.json --startup bench/results/startup-cpu.json [--readme README.md]
+    python -m bench.report                          # regenerate every table from bench/results
+    python -m bench.report --table OUT/gpu*.json    # print the step tables of some runs (bench/ladder.sh)
 
 Speed-ups are against the eager rung of the same file, i.e. the same process on the same card.
 AoT rows compiled with inductor options other than the project's current ones are labelled with
 the difference, e.g. "(CD, all directions)" for coordinate-descent tuning. The per-size table
 shows each rung's latest run with the current options (files in natural order of their paths, so
 run10 comes after run9): the rung as the project now configures it, not the luckiest of several.
-The README sections between `<!-- bench:NAME -->` and `<!-- /bench:NAME -->` are replaced, so the
-published tables are always generated from the committed results.
+README.md's summary shows the range over every run with the current options instead: a reader
+should see how much one process differs from the next. The sections between `<!-- bench:NAME -->`
+and `<!-- /bench:NAME -->` are replaced, so the published tables are always the committed results.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ import json
 import re
 import shlex
 import struct
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from config import OptimizationConfig  # noqa: E402
+from config import OptimizationConfig
 
-BEGIN, END = "<!-- bench:transformer -->", "<!-- /bench:transformer -->"
-COLDSTART_BEGIN, COLDSTART_END = "<!-- bench:coldstart -->", "<!-- /bench:coldstart -->"
-STARTUP_BEGIN, STARTUP_END = "<!-- bench:startup -->", "<!-- /bench:startup -->"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+TRANSFORMER = sorted((RESULTS / "h200-full").glob("*/*.json"))
+# The current defaults' cold starts first: the summary quotes the first file.
+COLDSTART = [RESULTS / f"coldstart-h200-{name}.json" for name in ("fp8", "bf16", "bf16-session3")]
+STARTUP = RESULTS / "startup-cpu.json"
+ZEROGPU = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev.json"
+PAGES = (ROOT / "bench" / "README.md", ROOT / "README.md")
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
 # The per-size table; "+cudagraph" rows are the app's default on the GPU.
 SUMMARY = (
@@ -38,6 +42,9 @@ SHORT = {"coordinate_descent_tuning": "CD", "coordinate_descent_check_all_direct
          "split_reductions": "split reductions"}
 # How the host wrapper is built: it changes the compile time, not the kernels (same step time, bench/NOTES.md).
 BUILD_ONLY = {"aot_inductor.compile_wrapper_opt_level"}
+# README.md's summary: column title, rung.
+SPEED = {"eager bf16": "eager", "`torch.compile` + FP8": "torch_compile_fp8",
+         "this template (AoT, FP8, CUDA graphs)": "aot_fp8_row+cudagraph"}
 
 
 def natural(path: Path) -> list:
@@ -47,14 +54,14 @@ def natural(path: Path) -> list:
 def load(paths: list[Path]) -> list[dict]:
     rows = []
     for order, path in enumerate(sorted(paths, key=natural)):
-        run = {**json.loads(path.read_text()), "order": order}
+        run = json.loads(path.read_text())
+        run.update(order=order, path=path, options=options_label(run.get("inductor_configs", {})))
         eager = {r["size"]: r for r in run["rows"] if r["rung"] == "eager"}
-        options = options_label(run.get("inductor_configs", {}))
         for row in run["rows"]:
             base = eager.get(row["size"])
             rows.append({
                 **row, "run": run, "speedup": base["ms"] / row["ms"] if base else None,
-                "label": row["rung"] + (options if row["rung"].startswith("aot") else ""),
+                "label": row["rung"] + (run["options"] if row["rung"].startswith("aot") else ""),
             })
     return rows
 
@@ -167,12 +174,43 @@ def size_table(rows: list[dict]) -> list[str]:
 
 
 def render(rows: list[dict]) -> str:
-    commands = sorted({r["run"]["env"]["command"] for r in rows})
+    runs = list({id(r["run"]): r["run"] for r in rows}.values())
     return "\n".join([
         header(rows), "", *size_table(rows), "", *full_table(rows, sizes_of(rows)[0]), "",
         "Commands (each one process on one H200; runs 1-6 on a 4-GPU machine, one process per GPU at once, "
         "runs `*-one-gpu` alone on a 1-GPU machine):", "",
-        *[f"- `{c}`" for c in commands],
+        *[f"- `{command(run['env']['command'], run['path'])}`" for run in runs],
+    ])
+
+
+def render_summary(rows: list[dict], coldstart: Path) -> str:
+    """README.md's speed table: per size, the range over every run with the current options."""
+    rows = [r for r in rows if not r["run"]["options"]]
+    lines = ["| size | " + " | ".join(SPEED) + " |", "|---|" + "---:|" * len(SPEED)]
+    for size in SIZES:
+        cells = []
+        for rung in SPEED.values():
+            found = [r for r in rows if r["label"] == rung and r["size"] == size]
+            if not found:
+                cells.append("not measured")
+                continue
+            speedup = "" if rung == "eager" else f" ({span([r['speedup'] for r in found], '.2f')}x)"
+            cells.append(f"{span([r['ms'] for r in found], '.1f')} ms{speedup}")
+        lines.append(f"| {size} | " + " | ".join(cells) + " |")
+    env = sorted({(r["run"]["env"].get("card", "CPU"), r["run"]["env"]["torch"], r["run"]["env"]["diffusers"],
+                   r["run"]["env"]["torchao"]) for r in rows})
+    cards = "; ".join(f"{card}, torch {torch}, diffusers {diffusers}, torchao {torchao}"
+                      for card, torch, diffusers, torchao in env)
+    cold = json.loads(coldstart.read_text())
+    empty, cached = cold["rows"]["aot, empty caches"], cold["rows"]["aot, cached program"]
+    return "\n".join([
+        *lines, "",
+        f"Milliseconds per denoising step of FLUX.1-dev's transformer (random weights), lowest to highest over the "
+        f"{len({id(r['run']) for r in rows})} processes with the current settings, and the speed-up against eager bf16 "
+        "in the same process.", "",
+        f"Cold start with FP8: the first start compiles for {empty['compile_or_load_s']:.0f} s (first step included, "
+        f"imports not); a restart loads the compiled program in {cached['compile_or_load_s']:.1f} s.", "",
+        f"Measured on {cards}. Every run, rung and command: [bench/README.md](bench/README.md).",
     ])
 
 
@@ -192,7 +230,7 @@ def render_coldstart(paths: list[Path]) -> str:
         else:  # files written before the script recorded them
             what += ", inductor options of that time (coordinate-descent tuning on)"
         out += [
-            f"{what}; {run['device']}, torch {run['torch']}: `{run['command']}`", "",
+            f"{what}; {run['device']}, torch {run['torch']}: `{command(run['command'], path)}`", "",
             "| start | process start to first step, s | compile or load + first step, s | imports, s | weights (excluded), s |",
             "|---|---:|---:|---:|---:|",
             *[f"| {label} | {r['first_step_s']:.1f} | {r['compile_or_load_s']:.1f} | {r['import_s']:.1f} | {r['weights_s']:.1f} |"
@@ -212,7 +250,7 @@ def render_startup(path: Path) -> str:
     """The whole app's start (bench_startup.py): empty against warm program cache."""
     run = json.loads(path.read_text())
     return "\n".join([
-        f"{run['device']}, torch {run['torch']}, embedded tiny model: `{run['command']}`, median of the runs, "
+        f"{run['device']}, torch {run['torch']}, embedded tiny model: `{command(run['command'], path)}`, median of the runs, "
         "fresh process each:", "",
         "| start | process start to ready, s | capture+export+compile or cache load, s |",
         "|---|---:|---:|",
@@ -228,17 +266,87 @@ def option(command: str, name: str, default: str) -> str:
     return value[0] if value and not value[0].startswith("--") else ""
 
 
-def write_section(readme: str, begin: str, end: str, text: str, name: Path) -> str:
-    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    if not pattern.search(readme):
-        raise SystemExit(f"{name} has no {begin} ... {end} section")
-    return pattern.sub(lambda _: f"{begin}\n{text}\n{end}", readme)
+def render_zerogpu(path: Path) -> str:
+    """The app under spaces' ZeroGPU mode (bench_zerogpu.py): start to serving, and what a request pays."""
+    run = json.loads(path.read_text())
+    starts = run["starts"]
+
+    def requests(worker: str, key: str):
+        return lambda start: [r[key] for r in start["requests"] if r["worker"] == worker]
+
+    rows = {
+        "process start to serving": lambda start: [start["start_to_serving_s"]],
+        "of which the startup worker (move in, compile or load, quantize, hand back)":
+            lambda start: [start["startup_worker_s"]],
+        "of which `launch()` packing the tracked tensors to disk": lambda start: [start["pack_and_launch_s"]],
+        "a request in a fresh worker": requests("fresh", "latency_s"),
+        "of which moving the weights into the worker": requests("fresh", "move_s"),
+        "a request in a reused worker": requests("reused", "latency_s"),
+    }
+    calls = sorted({f"{r['width']}x{r['height']}, {r['steps']} steps" for start in starts for r in start["requests"]})
+    reused = [r for start in starts for r in start["requests"] if r["worker"] == "reused"]
+    model = "FLUX.1-dev's transformer (random weights)" if run["model"] == "flux-dev" else f"the {run['model']} model"
+    return "\n".join([
+        f"{model}, {'; '.join(calls)}; {run['card']}, torch {run['torch']}: `{command(run['command'], path)}`", "",
+        "| | " + " | ".join(start["start"] for start in starts) + " |",
+        "|---|" + "---:|" * len(starts),
+        *[f"| {label} | " + " | ".join(f"{span(values(start), '.1f')} s" for start in starts) + " |"
+          for label, values in rows.items()],
+        "",
+        f"In a reused worker the image is {span([r['generation_s'] for r in reused], '.1f')} s of steps "
+        f"({span([r['seconds_per_step'] for r in reused], '.3f')} s each) plus "
+        f"{span([r['latency_s'] - r['generation_s'] for r in reused], '.1f')} s.",
+    ])
+
+
+def sections() -> dict[str, str]:
+    """Every generated section, by name, from the committed results."""
+    rows = load(TRANSFORMER)
+    return {
+        "summary": render_summary(rows, COLDSTART[0]),
+        "transformer": render(rows),
+        "coldstart": render_coldstart(COLDSTART),
+        "startup": render_startup(STARTUP),
+        "zerogpu": render_zerogpu(ZEROGPU),
+    }
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+
+
+def update(page: str, sections: dict[str, str]) -> str:
+    """`page` with each section it has markers for replaced by the generated text."""
+    for name, text in sections.items():
+        begin, end = markers(name)
+        page = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{text}\n{end}", page, flags=re.S)
+    return page
+
+
+def command(recorded: str, path: Path) -> str:
+    """A run's command as run from the repository root, its --json naming the file it is in, not the machine's path."""
+    words = recorded.split(" ")  # recorded as " ".join(argv): splitting on one space keeps empty arguments
+    while not words[0].endswith(".py"):  # "python3" in some records
+        words.pop(0)
+    script, args = Path(words[0]).stem, words[1:]
+    if "--json" in args:
+        args[args.index("--json") + 1] = repo_path(path)
+    return shlex.join(["python", "-m", f"bench.{script}", *args])
+
+
+def repo_path(path: Path) -> str:
+    path = path.resolve()
+    return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
+def span(values: list[float], spec: str) -> str:
+    # Every process measured its own numbers: show their spread rather than one of them.
+    low, high = format(min(values), spec), format(max(values), spec)
+    return low if low == high else f"{low}-{high}"
 
 
 def eager_range(rows: list[dict], size: str) -> str:
-    # Every process measured its own baseline: show their spread rather than one of them.
-    times = [r["ms"] for r in rows if r["rung"] == "eager" and r["size"] == size]
-    return f"{min(times):.1f}-{max(times):.1f}"
+    return span([r["ms"] for r in rows if r["rung"] == "eager" and r["size"] == size], ".1f")
 
 
 def fmt(value, spec: str) -> str:
@@ -247,23 +355,19 @@ def fmt(value, spec: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("paths", nargs="+", type=Path, help="bench_transformer.py JSON files")
-    parser.add_argument("--coldstart", nargs="*", type=Path, default=[], help="bench_coldstart.py JSON files")
-    parser.add_argument("--startup", type=Path, help="a bench_startup.py JSON file")
-    parser.add_argument("--readme", type=Path)
+    parser.add_argument("--table", nargs="+", type=Path, metavar="JSON", help="bench_transformer JSON files: print their tables")
     args = parser.parse_args()
-    text = render(load(args.paths))
-    sections = {(BEGIN, END): text}
-    if args.coldstart:
-        sections[COLDSTART_BEGIN, COLDSTART_END] = render_coldstart(args.coldstart)
-    if args.startup:
-        sections[STARTUP_BEGIN, STARTUP_END] = render_startup(args.startup)
-    print(*sections.values(), sep="\n\n")
-    if args.readme:
-        readme = args.readme.read_text()
-        for (begin, end), section in sections.items():
-            readme = write_section(readme, begin, end, section, args.readme)
-        args.readme.write_text(readme)
+    if args.table:
+        print(render(load(args.table)))
+        return
+    generated, placed = sections(), set()
+    for path in PAGES:
+        page = path.read_text()
+        placed |= {name for name in generated if markers(name)[0] in page}
+        path.write_text(update(page, generated))
+        print(f"updated {path.relative_to(ROOT)}")
+    if missing := set(generated) - placed:
+        raise SystemExit(f"no page has markers for {', '.join(sorted(missing))}: {', '.join(map(str, PAGES))}")
 
 
 if __name__ == "__main__":

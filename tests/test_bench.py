@@ -7,49 +7,78 @@ from pathlib import Path
 
 import torch
 
+from bench import report
 from config import OptimizationConfig
-from conftest import ROOT
+from conftest import ROOT, TEST_DIR
 
-sys.path.insert(0, str(ROOT / "bench"))
-import report  # noqa: E402
-
-RESULTS = sorted((ROOT / "bench" / "results" / "h200-full").glob("*/*.json"))
-COLDSTART = [ROOT / "bench" / "results" / f"coldstart-h200-{name}.json" for name in ("fp8", "bf16", "bf16-session3")]
+REGENERATE = "python -m bench.report"
+AUTHOR_PAGES = [ROOT / "README.md", ROOT / "bench" / "README.md", ROOT / "CONTRIBUTING.md"]
 
 
-def test_readme_tables_are_generated_from_the_committed_results():
-    readme = (ROOT / "README.md").read_text()
-    regenerate = ("python bench/report.py bench/results/h200-full/*/*.json --coldstart bench/results/coldstart-h200-fp8.json "
-                  "bench/results/coldstart-h200-bf16.json bench/results/coldstart-h200-bf16-session3.json "
-                  "--startup bench/results/startup-cpu.json --readme README.md")
-    text = report.render(report.load(RESULTS))
-    assert f"{report.BEGIN}\n{text}\n{report.END}" in readme, f"README's benchmark section is stale: {regenerate}"
-    coldstart = report.render_coldstart(COLDSTART)
-    assert COLDSTART and f"{report.COLDSTART_BEGIN}\n{coldstart}\n{report.COLDSTART_END}" in readme, (
-        f"README's cold-start section is stale: {regenerate}"
-    )
-    startup = report.render_startup(ROOT / "bench" / "results" / "startup-cpu.json")
-    stale = f"README's startup section is stale: {regenerate}"
-    assert f"{report.STARTUP_BEGIN}\n{startup}\n{report.STARTUP_END}" in readme, stale
+def test_the_generated_sections_are_current():
+    sections, placed = report.sections(), set()
+    for path in report.PAGES:
+        page = path.read_text()
+        placed |= {name for name in sections if report.markers(name)[0] in page}
+        assert report.update(page, sections) == page, f"{path.relative_to(ROOT)} is stale: {REGENERATE}"
+    assert placed == set(sections), f"sections without a place: {set(sections) - placed}"
+    assert report.markers("summary")[0] in (ROOT / "README.md").read_text()
+
+
+def test_pages_for_authors_name_no_machine_paths():
+    for path in AUTHOR_PAGES:
+        text = path.read_text()
+        for word in ("/root/out", "../shared", ".whl"):
+            assert word not in text, f"{path.relative_to(ROOT)} mentions {word}"
+
+
+def test_results_hold_no_scripts():
+    assert not list((ROOT / "bench" / "results").rglob("*.py")), "scripts belong in bench/, run with python -m bench.NAME"
+
+
+def synthetic_run(folder: Path, name: str, ms: float, eager_ms: float = 150.0, command: str = "") -> Path:
+    rows = [dict(rung="eager", size="1024x1024", ms=eager_ms, rel_error=0.07),
+            dict(rung="aot_fp8_row", size="1024x1024", ms=ms, rel_error=0.07)]
+    env = dict(torch="t", diffusers="d", torchao="a", command=command or name)
+    path = folder / f"{name}.json"
+    options = dict(OptimizationConfig().inductor_configs)
+    path.write_text(json.dumps(dict(env=env, blocks=[19, 38], inductor_configs=options, rows=rows)))
+    return path
+
+
+def test_the_summary_shows_the_range_over_runs(tmp_path):
+    cold = tmp_path / "cold.json"
+    cold.write_text(json.dumps({"rows": {"aot, empty caches": {"compile_or_load_s": 60.3},
+                                         "aot, cached program": {"compile_or_load_s": 1.1}}}))
+    runs = [synthetic_run(tmp_path, "a", 96.0, eager_ms=172.8), synthetic_run(tmp_path, "b", 97.5, eager_ms=170.6)]
+    for name in ("a", "b"):  # the summary's rung is the app's default, with CUDA graphs
+        path = tmp_path / f"{name}.json"
+        path.write_text(path.read_text().replace('"aot_fp8_row"', '"aot_fp8_row+cudagraph"'))
+    summary = report.render_summary(report.load(runs), cold)
+    assert "| 1024x1024 | 170.6-172.8 ms | not measured | 96.0-97.5 ms (1.75-1.80x) |" in summary
+    assert "compiles for 60 s" in summary and "in 1.1 s" in summary
+
+
+def test_commands_name_the_committed_file_not_the_machines_path():
+    folder = TEST_DIR / "bench-results"  # inside the repository, as committed results are
+    folder.mkdir(exist_ok=True)
+    path = synthetic_run(folder, "run", 96.0, command="bench_transformer.py --rungs eager --json /root/out/res/run.json")
+    text = report.render(report.load([path]))
+    assert f"`python -m bench.bench_transformer --rungs eager --json {path.relative_to(ROOT)}`" in text
+    assert "/root/out" not in text
+    # Recorded as " ".join(argv): an empty argument survives as an empty word, and is quoted again.
+    assert report.command("python3 bench/bench_coldstart.py --fp8  --json x", path).startswith(
+        "python -m bench.bench_coldstart --fp8 '' --json ")
 
 
 def test_the_per_size_table_shows_each_rungs_latest_run(tmp_path):
-    def run(name: str, ms: float) -> Path:
-        rows = [dict(rung="eager", size="1024x1024", ms=150.0, rel_error=0.07),
-                dict(rung="aot_fp8_row", size="1024x1024", ms=ms, rel_error=0.07)]
-        env = dict(torch="t", diffusers="d", torchao="a", command=name)
-        path = tmp_path / f"{name}.json"
-        options = dict(OptimizationConfig().inductor_configs)
-        path.write_text(json.dumps(dict(env=env, blocks=[19, 38], inductor_configs=options, rows=rows)))
-        return path
-
     # Latest by the run's number, not by the shell's glob order (which puts run10 before run9).
-    table = report.size_table(report.load([run("run10", 100.0), run("run9", 90.0)]))
+    table = report.size_table(report.load([synthetic_run(tmp_path, "run10", 100.0), synthetic_run(tmp_path, "run9", 90.0)]))
     assert "| aot_fp8_row | 100.0 ms (1.50x, error 7.0e-02*) |" in table  # * no inputs recorded: guidance 3.5
 
 
 def test_speed_ups_are_against_the_eager_run_of_the_same_process():
-    rows = report.load(RESULTS)
+    rows = report.load(report.TRANSFORMER)
     for row in rows:
         eager = next(r for r in row["run"]["rows"] if r["rung"] == "eager" and r["size"] == row["size"])
         assert row["speedup"] == eager["ms"] / row["ms"]
@@ -75,9 +104,9 @@ def test_the_benchmark_runs_its_rungs_through_the_project_path(tmp_path):
     """The script behind the committed numbers, on CPU with the embedded model (a smoke test, not a timing)."""
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench_transformer.py"), "--model", "tiny", "--sizes", "256x256", "512x256",
+        [sys.executable, "-m", "bench.bench_transformer", "--model", "tiny", "--sizes", "256x256", "512x256",
          "--rungs", "eager", "aot_bf16", "--warmup", "0", "--iters", "2", "--profile", "--json", str(out)],
-        capture_output=True, text=True, timeout=600,
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     rows = report.load([out])
@@ -99,7 +128,7 @@ def test_the_benchmark_runs_its_rungs_through_the_project_path(tmp_path):
 def test_compile_phases_restores_what_it_timed():
     import torch._inductor.graph as graph
 
-    from compile_phases import compile_phases
+    from bench.compile_phases import compile_phases
 
     run = graph.GraphLowering.run
     with compile_phases() as phases:
@@ -110,7 +139,7 @@ def test_compile_phases_restores_what_it_timed():
 def test_the_benchmark_conditioning_is_exact_in_bf16():
     """The transformer scales timestep and guidance by 1000 in bf16: a value that rounds there shifts the
     conditioning against the fp32 reference, and that shift would dominate every rung's error."""
-    import bench_transformer
+    from bench import bench_transformer
 
     for value in (bench_transformer.TIMESTEP, bench_transformer.GUIDANCE):
         assert (torch.tensor(value).bfloat16() * 1000).item() == value * 1000
@@ -121,3 +150,9 @@ def test_the_report_marks_errors_of_inputs_that_bf16_rounds():
     for value in (0.5, 1.0, 2.5, 3.5, 4.0, 5.0, 7.5):
         assert report.rounded_in_bf16(value) == ((torch.tensor(value).bfloat16() * 1000).item() != value * 1000), value
         assert report.bf16(value * 1000) == torch.tensor(value * 1000).bfloat16().item()
+
+
+def test_every_bench_script_imports_without_a_gpu():
+    modules = [f"bench.{path.stem}" for path in sorted((ROOT / "bench").glob("*.py"))]
+    done = subprocess.run([sys.executable, "-c", f"import {', '.join(modules)}"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
