@@ -12,15 +12,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import gradio as gr
-import spaces
-import torch
-from diffusers import FluxPipeline
+import startup
 
-import config as cfg
-from optimization import optimize_pipeline_
+startup.configure_logging()  # first: some of the libraries below log while they are imported
+startup_seconds: dict[str, float] = {}  # per stage, for the "ready" line
+with startup.stage("import", startup_seconds):
+    import gradio as gr
+    import spaces
+    import torch
+    from diffusers import FluxPipeline
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    import config as cfg
+    from optimization import optimize_pipeline_
+
 log = logging.getLogger("app")
 CONFIG = cfg.from_env()
 
@@ -44,9 +48,9 @@ def load_pipeline(config: cfg.AppConfig) -> FluxPipeline:
     return pipeline.to(config.device)
 
 
-start = time.perf_counter()
-pipe = load_pipeline(CONFIG)
-log.info("loaded %s on %s in %.1f s", CONFIG.model, CONFIG.device, time.perf_counter() - start)
+log.info("loading %s on %s", CONFIG.model, CONFIG.device)
+with startup.stage("load", startup_seconds):
+    pipe = load_pipeline(CONFIG)
 MODEL = cfg.model_defaults(pipe.transformer.config)  # FLUX.1-dev-like (guidance input) or schnell-like
 STEPS = CONFIG.steps_for(MODEL)
 
@@ -61,6 +65,7 @@ report = optimize_pipeline_(
     num_inference_steps=1,
     max_sequence_length=MODEL.max_sequence_length,
 )
+startup_seconds["optimize"] = report.seconds
 device_name = torch.cuda.get_device_name() if CONFIG.device.startswith("cuda") else "CPU"
 MODEL_NAME = "embedded tiny FLUX (random weights)" if CONFIG.embedded else CONFIG.model
 STATUS = f"**{MODEL_NAME}** on {device_name} · {report.summary()}"
@@ -317,4 +322,8 @@ with gr.Blocks(title="FLUX, AoT-compiled") as demo:
 demo.queue(default_concurrency_limit=1, max_size=CONFIG.queue_size)  # one generation at a time per GPU
 
 if __name__ == "__main__":
-    demo.launch(css=CSS, mcp_server=CONFIG.mcp_server)  # 127.0.0.1 locally; Spaces set GRADIO_SERVER_NAME=0.0.0.0
+    # 127.0.0.1 locally; Spaces set GRADIO_SERVER_NAME=0.0.0.0. On ZeroGPU, launch also packs the weights for the workers.
+    with startup.stage("launch", startup_seconds):
+        demo.launch(css=CSS, mcp_server=CONFIG.mcp_server, prevent_thread_lock=True)
+    startup.ready(startup_seconds)  # the server answers from here on
+    demo.block_thread()

@@ -69,12 +69,7 @@ class OptimizationConfig:
     cache: bool = field(default=True, metadata=env("AOTI_CACHE"))  # reuse compiled programs across starts
     cache_dir: str = field(default="", metadata=env("AOTI_CACHE_DIR"))  # "": /data/aoti-cache on Spaces, else ~/.cache
     hub_repo: str = field(default="", metadata=env("AOTI_HUB_REPO"))  # also pull/push programs here (needs HF_TOKEN)
-    # torch._inductor.config options, from flux-fast's recipe minus its coordinate-descent tuning:
-    # on the H200 that made the FP8 compile 249 s instead of 29 s for no faster steps (bench/NOTES.md).
-    # Unsplit reductions: one kernel finds each row's FP8 scale and casts the row, instead of a
-    # reduction in 30 chunks and a separate cast (per-tensor scales keep the split, see `compiler_options`).
-    # The host wrapper that launches the kernels built at -O0, not -O1: the FP8 compile took 6-15% less on the
-    # H200 for the same step time, for a package of 5 MB instead of 2.4 (bench/NOTES.md, session 9).
+    # torch._inductor.config options for every compile; why each one: compile_options.py.
     inductor_configs: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({
             "conv_1x1_as_mm": True, "epilogue_fusion": False, "split_reductions": False,
@@ -95,13 +90,6 @@ class OptimizationConfig:
         if persistent.is_dir() and os.access(persistent, os.W_OK):
             return persistent / "aoti-cache"
         return Path.home() / ".cache" / "aoti"
-
-    def compiler_options(self, fp8: bool) -> dict[str, Any]:
-        """`inductor_configs` as compiled, with FP8 as decided on the GPU (it may fall back to bf16).
-        A per-tensor FP8 scale reduces a whole activation: unsplit, that would run in one thread block."""
-        if fp8 and self.fp8_granularity == "tensor":
-            return {**self.inductor_configs, "split_reductions": True}
-        return dict(self.inductor_configs)
 
     @property
     def static_resolutions(self) -> tuple[tuple[int, int], ...]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -34,8 +34,10 @@ from diffusers import FluxPipeline
 
 import aoti
 from attention import set_attention_backend
+from compile_options import compiler_options
 from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, OptimizationConfig
 from fp8 import fp8_unavailable, is_fp8, quantize_fp8_
+from startup import stage
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ class Compiled:
     fp8: bool
     attention: str
     cached: bool  # loaded from the program cache instead of compiled
+    stages: dict[str, float]  # seconds of each stage it ran
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,7 @@ class OptimizationReport:
     cached: bool  # loaded from the program cache instead of compiled
     seconds: float  # capture + quantize + export + compile, or the cache load
     package_mb: float
+    stages: dict[str, float]  # seconds per stage: capture, quantize, export, compile (or cache lookup), apply
 
     def summary(self) -> str:
         if not self.aot:
@@ -138,7 +142,7 @@ def compiled_options(config: OptimizationConfig, fp8: bool, attention: str) -> d
         "attention_backend": attention,
         "dynamic": asdict(IMAGE_SEQ) if config.dynamic else None,  # range and step of the image tokens
         "static_sizes": config.static_resolutions,
-        "inductor_configs": config.compiler_options(fp8),
+        "inductor_configs": compiler_options(config, fp8),
     }
     return {f.name: decided.get(f.name, getattr(config, f.name)) for f in fields(config) if f.name not in SERVING_OPTIONS}
 
@@ -168,52 +172,65 @@ def capture_module(transformer: torch.nn.Module, module: torch.nn.Module, call: 
     return inner
 
 
-def prepare_transformer_(transformer: torch.nn.Module, config: OptimizationConfig, fp8: bool) -> None:
+def prepare_transformer_(
+    transformer: torch.nn.Module, config: OptimizationConfig, fp8: bool, times: dict[str, float] | None = None
+) -> None:
     """Put the compiled modules in the form the programs were compiled for: fused QKV, FP8. Idempotent."""
     if config.fuse_qkv:
         fuse_qkv_(transformer)
     if fp8:
-        for modules in compiled_modules(transformer, config.regional).values():
-            for module in modules:
-                if not is_fp8(module):
-                    quantize_fp8_(module, config.fp8_granularity)
+        with stage("quantize", times):
+            for modules in compiled_modules(transformer, config.regional).values():
+                for module in modules:
+                    if not is_fp8(module):
+                        quantize_fp8_(module, config.fp8_granularity)
 
 
 def compile_transformer(
-    transformer: torch.nn.Module, calls: list[aoti.CapturedCall], config: OptimizationConfig, fp8: bool
+    transformer: torch.nn.Module, calls: Iterable[aoti.CapturedCall], config: OptimizationConfig, fp8: bool,
+    times: dict[str, float] | None = None,
 ) -> dict[str, list[aoti.CompiledProgram]]:
-    """Steps 3-5 for captured transformer calls: one per static size first, the dynamic one last."""
+    """Steps 2-5 for transformer calls: one per static size first, the dynamic one last.
+
+    Each stage is logged with its time (and recorded in `times`); lazy `calls` are captured in the first.
+    """
     targets = compiled_modules(transformer, config.regional)
+    with stage("capture", times):
+        calls = list(calls)
+        module_calls = {
+            kind: [capture_module(transformer, modules[0], call) for call in calls] for kind, modules in targets.items()
+        }
+    prepare_transformer_(transformer, config, fp8, times)
     text_tokens = calls[0].kwargs["encoder_hidden_states"].shape[1]  # the model's max_sequence_length
     axes = block_axes(text_tokens) if config.regional else DYNAMIC_AXES
     dynamic = [None] * (len(calls) - 1) + [axes if config.dynamic else None]
-    module_calls = {kind: [capture_module(transformer, modules[0], call) for call in calls] for kind, modules in targets.items()}
-    prepare_transformer_(transformer, config, fp8)
-    return {
-        kind: [
-            aoti.compile(
-                aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional), config.compiler_options(fp8)
-            )
-            for call, dims in zip(kind_calls, dynamic)
-        ]
-        for kind, kind_calls in module_calls.items()
-    }
+    with stage("export", times):
+        exported = {
+            kind: [aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional)
+                   for call, dims in zip(kind_calls, dynamic)]
+            for kind, kind_calls in module_calls.items()
+        }
+    options = compiler_options(config, fp8)
+    with stage("compile", times):
+        return {kind: [aoti.compile(program, options) for program in programs] for kind, programs in exported.items()}
 
 
 def load_or_compile(
     transformer: torch.nn.Module, config: OptimizationConfig, fp8: bool, attention: str, example_call: dict,
-    calls: Callable[[], list[aoti.CapturedCall]],
+    calls: Callable[[], Iterable[aoti.CapturedCall]], times: dict[str, float] | None = None,
 ) -> tuple[dict[str, list[aoti.CompiledProgram]], bool]:
     """The programs for this transformer and setup from the program cache, else compiled from `calls()` and
     stored; and whether they came from the cache. `fp8` and `attention` as decided on the GPU."""
-    cache = aoti.ProgramCache(config.cache_folder, config.hub_repo, os.environ.get("HF_TOKEN")) if config.cache else None
-    key = fingerprint(transformer, config, example_call, fp8, attention)
-    programs = cache.load(key) if cache else None
+    if not config.cache:
+        return compile_transformer(transformer, calls(), config, fp8, times), False
+    cache = aoti.ProgramCache(config.cache_folder, config.hub_repo, os.environ.get("HF_TOKEN"))
+    with stage("cache lookup", times):
+        key = fingerprint(transformer, config, example_call, fp8, attention)
+        programs = cache.load(key)
     if programs is not None:
         return programs, True
-    programs = compile_transformer(transformer, calls(), config, fp8)
-    if cache:
-        cache.store(key, programs)
+    programs = compile_transformer(transformer, calls(), config, fp8, times)
+    cache.store(key, programs)
     return programs, False
 
 
@@ -255,13 +272,24 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         log.info("AoT compilation is off (AOTI=0): the transformer runs eagerly")
         return OptimizationReport(
             aot=False, fp8=False, dtype=dtype, attention=attention, regional=False, graphs=0, cuda_graphs=False,
-            cached=False, seconds=0.0, package_mb=0.0,
+            cached=False, seconds=0.0, package_mb=0.0, stages={},
         )
 
     def capture(**size: int) -> aoti.CapturedCall:
-        with aoti.capture(transformer) as call:
-            pipeline(**{**example_call, **size})
+        shown = dict(getattr(pipeline, "_progress_bar_config", {}))
+        pipeline.set_progress_bar_config(**{**shown, "disable": True})  # the call stops before its first step
+        try:
+            with aoti.capture(transformer) as call:
+                pipeline(**{**example_call, **size})
+        finally:
+            pipeline.set_progress_bar_config(**shown)
         return call
+
+    def transformer_calls() -> Iterator[aoti.CapturedCall]:
+        # Lazy: captured in compile_transformer's capture stage, and only when there is something to compile.
+        for width, height in config.static_resolutions:
+            yield capture(width=width, height=height)
+        yield capture()  # the dynamic graph's, at the example's size
 
     @spaces.GPU(duration=1500)  # a full FLUX.1-dev compile takes minutes
     def compile_on_gpu() -> Compiled:
@@ -274,31 +302,32 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         fp8 = unavailable is None
         if not fp8:
             log.info("FP8 off: %s; the transformer runs in %s", unavailable, dtype)
-        programs, cached = load_or_compile(
-            transformer, config, fp8, attention, example_call,
-            calls=lambda: [capture(width=w, height=h) for w, h in config.static_resolutions] + [capture()],
-        )
-        prepare_transformer_(transformer, config, fp8)  # done by a compile, not by a cache load
+        times: dict[str, float] = {}
+        programs, cached = load_or_compile(transformer, config, fp8, attention, example_call, transformer_calls, times)
+        if cached:  # else the compile has prepared it
+            prepare_transformer_(transformer, config, fp8, times)
         weights = aoti.HostShared(program_weights(transformer, programs, config))
-        return Compiled(programs, weights, fp8, attention, cached)
+        return Compiled(programs, weights, fp8, attention, cached, times)
 
     start = time.perf_counter()
     compiled = compile_on_gpu()
-    # Also here: on ZeroGPU that ran in a worker, and a backend's kernels (FA3 from the Hub) register
-    # their ops only in the process that sets it up; every later worker is forked from this one.
-    set_attention_backend(transformer, compiled.attention)
-    # The weights as the GPU function prepared them (FP8 on ZeroGPU: quantized there, on the GPU, not
-    # again here on the CPU); on ZeroGPU this process keeps them as its emulated "cuda" tensors.
-    weights = compiled.weights.to(transformer.device)
-    apply_programs_(transformer, compiled.programs, config, compiled.fp8, weights)
-    cuda_graphs = config.cuda_graphs and transformer.device.type == "cuda"
-    if cuda_graphs:  # captured per resolution on its second step, inside the request's GPU function
-        transformer.forward = aoti.CUDAGraphs(transformer.forward)
+    stages = dict(compiled.stages)
+    with stage("apply", stages):
+        # Also here: on ZeroGPU that ran in a worker, and a backend's kernels (FA3 from the Hub) register
+        # their ops only in the process that sets it up; every later worker is forked from this one.
+        set_attention_backend(transformer, compiled.attention)
+        # The weights as the GPU function prepared them (FP8 on ZeroGPU: quantized there, on the GPU, not
+        # again here on the CPU); on ZeroGPU this process keeps them as its emulated "cuda" tensors.
+        weights = compiled.weights.to(transformer.device)
+        apply_programs_(transformer, compiled.programs, config, compiled.fp8, weights)
+        cuda_graphs = config.cuda_graphs and transformer.device.type == "cuda"
+        if cuda_graphs:  # captured per resolution on its second step, inside the request's GPU function
+            transformer.forward = aoti.CUDAGraphs(transformer.forward)
     report = OptimizationReport(
         aot=True, fp8=compiled.fp8, dtype=dtype, attention=compiled.attention, regional=config.regional,
         graphs=len(config.static_resolutions) + 1, cuda_graphs=cuda_graphs, cached=compiled.cached,
         seconds=time.perf_counter() - start,
-        package_mb=sum(len(p.package) for group in compiled.programs.values() for p in group) / 1e6,
+        package_mb=sum(len(p.package) for group in compiled.programs.values() for p in group) / 1e6, stages=stages,
     )
     log.info("%s", report.summary())
     return report

@@ -37,6 +37,8 @@ def environment(device: str) -> dict[str, Any]:
     else:
         from torch._inductor.cpu_vec_isa import pick_vec_isa  # compiled CPU code targets this ISA
 
+        log.info("finding the CPU's vector instruction set: inductor builds and loads a test program for each "
+                 "(~10 s with an empty inductor cache, a few seconds after)")
         env.update(machine=platform.machine(), cpu_isa=str(pick_vec_isa()))
     return env
 

@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from config import OptimizationConfig  # standard library only: no import time to speak of
+from compile_options import compiler_options  # standard library only: no import time to speak of
+from config import OptimizationConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,7 +97,7 @@ def main() -> None:
         return
     import torch
 
-    options = OptimizationConfig(fp8_granularity=args.fp8 or "row").compiler_options(bool(args.fp8))
+    options = compiler_options(OptimizationConfig(fp8_granularity=args.fp8 or "row"), bool(args.fp8))
     results = {"command": " ".join(["bench_coldstart.py", *sys.argv[1:]]), "model": args.model, "fp8": args.fp8,
                "size": args.size, "torch": torch.__version__, "inductor_configs": options,
                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)",

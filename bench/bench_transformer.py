@@ -351,7 +351,7 @@ def run_rung(
     # The options as compiled: a rung may override the run's, and per-tensor FP8 keeps split reductions.
     extra.update(compile_s=compile_s, programs=len(flat), package_mb=sum(len(p.package) for p in flat) / 1e6,
                  weights_gib=weights_gib, fuse_qkv=rung.fuse_qkv, compile_phases=phases,
-                 inductor_configs=config.compiler_options(bool(rung.fp8)))
+                 inductor_configs=optimization.compiler_options(config, bool(rung.fp8)))
     measure(name, model, extra)
     if cudagraph:
         measure(f"{name}+cudagraph", aoti.CUDAGraphs(model), extra)  # the app's default on the GPU

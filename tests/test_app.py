@@ -30,6 +30,12 @@ def test_status_reports_the_compiled_transformer(app):
     assert "AoT-compiled" in app.STATUS and "embedded tiny FLUX" in app.STATUS
 
 
+def test_report_times_each_optimization_stage(app):
+    compiled = set() if app.report.cached else {"capture", "export", "compile"}
+    assert set(app.report.stages) == {"cache lookup", "apply"} | compiled  # quantize: FP8 GPUs only
+    assert all(seconds >= 0 for seconds in app.report.stages.values())
+
+
 def test_infer_returns_a_png_of_the_requested_size_and_the_seed(client):
     path, seed = infer(client, width=384, height=256, seed=123)
     with Image.open(path) as image:

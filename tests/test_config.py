@@ -1,6 +1,7 @@
 import pytest
 
 import config
+from compile_options import compiler_options
 
 
 def test_presets_follow_the_machine():
@@ -36,9 +37,9 @@ def test_config_is_frozen():
 
 def test_per_tensor_fp8_compiles_with_split_reductions():
     """A per-tensor scale reduces a whole activation: unsplit, one thread block would do all of it."""
-    assert config.OptimizationConfig().compiler_options(fp8=True)["split_reductions"] is False  # per row: one kernel per row
+    assert compiler_options(config.OptimizationConfig(), fp8=True)["split_reductions"] is False  # per row: one kernel per row
     per_tensor = config.OptimizationConfig(fp8_granularity="tensor")
-    assert per_tensor.compiler_options(fp8=True)["split_reductions"] is True
-    assert per_tensor.compiler_options(fp8=False)["split_reductions"] is False  # bf16, e.g. a GPU without FP8
-    assert per_tensor.compiler_options(fp8=True)["conv_1x1_as_mm"]  # the other options as configured
+    assert compiler_options(per_tensor, fp8=True)["split_reductions"] is True
+    assert compiler_options(per_tensor, fp8=False)["split_reductions"] is False  # bf16, e.g. a GPU without FP8
+    assert compiler_options(per_tensor, fp8=True)["conv_1x1_as_mm"]  # the other options as configured
     assert per_tensor.inductor_configs["split_reductions"] is False  # the configuration itself is left as it is

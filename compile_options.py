@@ -1,0 +1,27 @@
+"""The inductor options a compile uses, and why each default is what it is.
+
+The defaults (`OptimizationConfig.inductor_configs`) are flux-fast's recipe minus its coordinate-descent
+tuning: on the H200 that made the FP8 compile 249 s instead of 29 s for no faster steps (bench/NOTES.md).
+- `conv_1x1_as_mm` on, `epilogue_fusion` off: flux-fast's settings.
+- `split_reductions` off: one kernel finds each row's FP8 scale and casts the row, instead of a
+  reduction in 30 chunks and a separate cast (per-tensor scales keep the split, see below).
+- `aot_inductor.compile_wrapper_opt_level` "O0": the host wrapper that launches the kernels built at -O0,
+  not -O1: the FP8 compile took 6-15% less on the H200 for the same step time, for a package of 5 MB
+  instead of 2.4 (bench/NOTES.md, session 9).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config import OptimizationConfig
+
+
+def compiler_options(config: OptimizationConfig, fp8: bool) -> dict[str, Any]:
+    """`config.inductor_configs` as compiled, with FP8 as decided on the GPU (it may fall back to bf16).
+
+    A per-tensor FP8 scale reduces a whole activation: unsplit, that would run in one thread block.
+    """
+    if fp8 and config.fp8_granularity == "tensor":
+        return {**config.inductor_configs, "split_reductions": True}
+    return dict(config.inductor_configs)
