@@ -1,6 +1,7 @@
 """Seconds per image: the whole FluxPipeline with FLUX.1-dev's configuration for every component, on one GPU.
 
     python -m bench.bench_pipeline --json bench/results/NAME.json [--variants eager aot torch_compile_fp8]
+    python -m bench.bench_pipeline --model tiny --json OUT.json    # the embedded model on the CPU: the code path only
 
 T5-XXL, CLIP-L, FLUX's VAE and the FLUX.1-dev transformer, each built from its config with random
 bf16 weights (nothing can be downloaded; speed does not depend on weight values), and the tiny
@@ -29,8 +30,8 @@ from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 import optimization
 from assets.build_tiny_flux import clip_tokenizer, t5_tokenizer
-from bench.bench_transformer import FLUX_DEV, environment, quantize_fp8_like_a_user_, rel_error
-from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
+from bench.bench_transformer import FLUX_DEV, environment, quantize_fp8_like_a_user_, rel_error, sync
+from config import EMBEDDED_MODEL, MAX_SEQUENCE_LENGTH, OptimizationConfig
 
 # google/t5-v1_1-xxl's encoder, openai/clip-vit-large-patch14's text model, FLUX.1-dev's VAE and scheduler.
 T5_XXL = dict(d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, vocab_size=32128,
@@ -48,7 +49,11 @@ PROMPT = "a tiny astronaut hatching from an egg on the moon"
 VARIANTS = ("eager", "aot", "torch_compile_fp8", "aot_vae")
 
 
-def build_pipeline() -> FluxPipeline:
+def build_pipeline(model: str) -> FluxPipeline:
+    if model == "tiny":
+        pipe = FluxPipeline.from_pretrained(EMBEDDED_MODEL, dtype=torch.float32)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     clip_tok, t5_tok = clip_tokenizer(), t5_tokenizer()
     torch.manual_seed(0)
     with torch.device("cuda"):  # random init of 17 B parameters: seconds on the GPU
@@ -84,17 +89,17 @@ class Split:
         pipe.vae.decode = timed_decode
 
     def mark(self, name: str) -> None:
-        torch.cuda.synchronize()
+        sync()
         self.marks.setdefault(name + "_all", []).append(time.perf_counter())
 
     def run(self, width: int, height: int, steps: int, seed: int) -> tuple[dict, torch.Tensor]:
         self.marks = {}
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         image = self.pipe(PROMPT, width=width, height=height, num_inference_steps=steps, guidance_scale=3.5,
                           max_sequence_length=MAX_SEQUENCE_LENGTH, generator=torch.Generator().manual_seed(seed),
                           output_type="pt").images[0]
-        torch.cuda.synchronize()
+        sync()
         end = time.perf_counter()
         m = {k: v for k, v in self.marks.items()}
         text = m["text_end_all"][-1] - m["text_start_all"][0]
@@ -108,9 +113,10 @@ def optimize(pipe: FluxPipeline, variant: str, width: int, height: int) -> dict:
     start = time.perf_counter()
     info: dict = {}
     if variant in ("aot", "aot_vae"):
-        report = optimization.optimize_pipeline_(pipe, OptimizationConfig(cache=False), prompt="example", width=width,
+        # The program cache is on: a second AoT variant in the same run loads what the first compiled.
+        report = optimization.optimize_pipeline_(pipe, OptimizationConfig(), prompt="example", width=width,
                                                  height=height, num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH)
-        info["report"] = report.summary()
+        info.update(report=report.summary(), stages=report.stages)
     if variant == "aot_vae":
         pipe.vae.decoder.compile(fullgraph=True)  # the decode's convolutions; its first call compiles
     if variant == "torch_compile_fp8":
@@ -122,12 +128,13 @@ def optimize(pipe: FluxPipeline, variant: str, width: int, height: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["flux-dev", "tiny"], default="flux-dev")
     parser.add_argument("--variants", nargs="+", default=["eager", "aot"], choices=VARIANTS)
     parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
     parser.add_argument("--images", type=int, default=3, help="timed images per workload, after one warm-up image")
     parser.add_argument("--json", type=Path, required=True)
     args = parser.parse_args()
-    results: dict = {"env": environment(), "prompt": PROMPT, "rows": [], "variants": {}}
+    results: dict = {"env": environment(), "model": args.model, "prompt": PROMPT, "rows": [], "variants": {}}
     reference: dict[str, torch.Tensor] = {}
 
     def save() -> None:
@@ -135,8 +142,9 @@ def main() -> None:
         args.json.write_text(json.dumps(results, indent=1))
 
     for variant in args.variants:
-        torch.cuda.empty_cache()
-        pipe = build_pipeline()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        pipe = build_pipeline(args.model)
         split = Split(pipe)
         first = WORKLOADS[args.workloads[0]]
         results["variants"][variant] = optimize(pipe, variant, first[0], first[1])
@@ -151,7 +159,8 @@ def main() -> None:
                        **{key: statistics.median(t[key] for t in timings) for key in timings[0]})
             row["images_per_minute"] = 60 / row["seconds"]
             row["seconds_per_step"] = row["denoise_s"] / steps
-            row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+            if torch.cuda.is_available():
+                row["peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
             if variant == "eager":
                 reference[name] = runs[-1][1]
             elif name in reference:

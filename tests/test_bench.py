@@ -1,6 +1,7 @@
 """The published benchmark tables are the committed results, rendered by bench/report.py."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -98,6 +99,23 @@ def test_rows_are_labelled_with_how_their_inductor_options_differ_from_the_curre
     # A run that did not set an option ran with inductor's default: split reductions before session 7.
     before = {k: v for k, v in current.items() if k != "split_reductions"}
     assert report.options_label(before) == report.options_label({**current, "split_reductions": True}) == " (split reductions)"
+
+
+def test_seconds_per_image_are_split_and_checked_against_eager(tmp_path):
+    """bench_pipeline on CPU with the embedded model (a smoke test, not a timing)."""
+    out = tmp_path / "pipeline.json"
+    env = {**os.environ, "AOTI_CACHE_DIR": str(tmp_path / "cache")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.bench_pipeline", "--model", "tiny", "--variants", "eager", "aot",
+         "--workloads", "512x512x4", "--images", "1", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    eager, aot = json.loads(out.read_text())["rows"]
+    for row in (eager, aot):
+        parts = row["text_s"] + row["denoise_s"] + row["decode_s"]
+        assert 0 < parts <= row["seconds"] and row["other_s"] >= 0 and row["images_per_minute"] == 60 / row["seconds"]
+    assert aot["rel_error_vs_eager"] < 1e-4  # float32 on the CPU: the compiled image is eager's
 
 
 def test_the_benchmark_runs_its_rungs_through_the_project_path(tmp_path):
