@@ -30,6 +30,7 @@ DEFAULT_LORA_DIR = Path(__file__).resolve().parent.parent / "assets" / "loras"  
 DEFAULT_CAPACITY = 4  # LoRAs kept read (FLUX_LORA_CACHE): a FLUX LoRA is 20-600 MB of host memory
 # The pipeline parts a FLUX LoRA may change, as diffusers' FluxLoraLoaderMixin loads them.
 ROOTS = ("transformer", "text_encoder")
+UNPREFIXED_TRANSFORMER_LAYERS = {"x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out"}
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,9 @@ def read_lora(name: str, path: Path) -> Lora:
 
 
 def _factors(name: str, state: dict, alphas: dict, metadata: dict | None) -> dict[str, Factors]:
+    # diffusers' kohya converter names the transformer's outer layers without "transformer." (img_in ->
+    # "x_embedder"), and load_lora_weights then drops them without a word; they are the transformer's.
+    state = {f"transformer.{k}" if k.split(".", 1)[0] in UNPREFIXED_TRANSFORMER_LAYERS else k: v for k, v in state.items()}
     others = sorted({key.split(".", 1)[0] for key in state} - set(ROOTS))
     if others:
         raise LoraError(f"{name!r} changes {', '.join(others)}: only the transformer and the CLIP text encoder can be changed")
