@@ -14,6 +14,7 @@ gives byte-identical files. A few KB each; committed.
 
 import argparse
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -63,6 +64,15 @@ def kohya(state: dict[str, torch.Tensor], alpha: float) -> dict[str, torch.Tenso
     return out
 
 
+def sort_header(path: Path) -> None:
+    """Rewrite a safetensors header with its keys sorted: safetensors writes the metadata in hash order."""
+    data = path.read_bytes()
+    size = int.from_bytes(data[:8], "little")
+    header = json.dumps(json.loads(data[8:8 + size]), separators=(",", ":"), sort_keys=True).encode()
+    assert len(header) <= size  # the same entries; the rest stays padded with spaces as safetensors pads it
+    path.write_bytes(data[:8] + header.ljust(size) + data[8 + size:])
+
+
 def build(out: Path) -> list[Path]:
     pipe = FluxPipeline.from_pretrained(TINY_FLUX, dtype=torch.float32, local_files_only=True)
     transformer, text_encoder = pipe.transformer, pipe.text_encoder
@@ -71,6 +81,7 @@ def build(out: Path) -> list[Path]:
 
     def save(folder: Path, weight_name: str, **layers) -> None:
         FluxPipeline.save_lora_weights(folder, weight_name=weight_name, safe_serialization=True, **layers)
+        sort_header(folder / weight_name)
         written.append(folder / weight_name)
 
     style, style_meta = peft_factors(transformer, 1, r=4, lora_alpha=8, target_modules=BLOCK_LAYERS + EAGER_LAYERS)
@@ -86,11 +97,14 @@ def build(out: Path) -> list[Path]:
     save_file(kohya(kohya_layers, alpha=2.0), out / "tiny-kohya.safetensors")  # alpha 2 over rank 4: scaled by 0.5
     written.append(out / "tiny-kohya.safetensors")
 
-    text_transformer, _ = peft_factors(transformer, 4, r=2, lora_alpha=2, target_modules=["to_q", "to_v", "proj_out"])
+    text_transformer, text_transformer_meta = peft_factors(
+        transformer, 4, r=2, lora_alpha=2, target_modules=["to_q", "to_v", "proj_out"]
+    )
     text, text_meta = peft_factors(text_encoder, 5, r=2, lora_alpha=4, target_modules=TEXT_LAYERS)
     save(
         out, "tiny-text.safetensors", transformer_lora_layers=text_transformer, text_encoder_lora_layers=text,
-        text_encoder_lora_adapter_metadata=text_meta,
+        # Both parts' metadata: with only one, diffusers builds the other's PEFT config from nothing and fails.
+        transformer_lora_adapter_metadata=text_transformer_meta, text_encoder_lora_adapter_metadata=text_meta,
     )
     return written
 
