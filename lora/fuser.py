@@ -49,12 +49,13 @@ class LoraFuser:
     ):
         self.slots = find_slots(roots)
         self.fp8_granularity = fp8_granularity
-        self._masters = {}  # layer -> unquantized weight, never read by a program
+        # Masters that are not the live weight itself (without FP8 they are: copied on first use instead).
+        own = {
+            layer: master for layer, master in (masters or {}).items()
+            if layer in self.slots and not _same_memory(master, self.slots[layer].live)
+        }
+        self._masters = settle(own)  # layer -> unquantized weight, never read by a program
         self._bias_masters: dict[str, torch.Tensor] = {}
-        for layer, master in settle(dict(masters or {})).items():
-            slot = self.slots.get(layer)
-            if slot is not None and not _same_memory(master, slot.live):  # else: the live weight itself
-                self._masters[layer] = master
         self._masters.update(self._fused_qkv_masters(masters or {}))
         missing = [layer for layer, slot in self.slots.items() if slot.fp8 and layer not in self._masters]
         if missing:

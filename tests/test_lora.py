@@ -280,8 +280,7 @@ def fp8_compiled():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
         patch.setattr(optimization, "fp8_unavailable", lambda *args: None)
-        pipe, fuser = compiled_pipeline(torch.bfloat16, fp8_granularity="row")
-        yield pipe, fuser
+        return compiled_pipeline(torch.bfloat16, fp8_granularity="row")  # patched only while compiling
 
 
 def test_fp8_layers_get_the_quantized_sum_of_master_and_lora_and_back(fp8_compiled, library, monkeypatch):
@@ -323,3 +322,39 @@ def test_the_shipped_loras_are_what_build_loras_makes(tmp_path):
     for path in built:
         assert (tmp_path / path).read_bytes() == (LORA_DIR / path).read_bytes(), path
         assert (tmp_path / path).stat().st_size < 64_000
+
+
+def test_the_whole_transformer_compiled_with_fused_qkv_takes_a_lora_too(library):
+    """Programs that bind their weights as constants (regional=False) read them by address too; with fused
+    QKV, the LoRA's q, k and v layers are row blocks of one projection."""
+    pipe, fuser = compiled_pipeline(regional=False, fuse_qkv=True)
+    assert "transformer.transformer_blocks.0.attn.to_qkv" in fuser.slots
+    base = generate(pipe)
+    with fuser.applied(library.load("tiny-style")):
+        image = generate(pipe)
+    assert np.abs(image - eager_image("tiny-style")).max() < PIXELS
+    with fuser.applied(None):
+        assert np.array_equal(generate(pipe), base)
+
+
+def test_a_forked_process_can_take_the_lock_another_thread_held_at_the_fork(compiled):
+    import os
+    import threading
+
+    _, fuser = compiled
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with fuser.lock:
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:  # the child: only this thread exists, and the lock must be free
+        os._exit(0 if fuser.lock.acquire(timeout=5) else 1)
+    release.set()
+    thread.join()
+    assert os.waitpid(pid, 0)[1] == 0
