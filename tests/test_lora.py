@@ -358,3 +358,13 @@ def test_a_forked_process_can_take_the_lock_another_thread_held_at_the_fork(comp
     release.set()
     thread.join()
     assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_an_eager_pipeline_takes_the_same_loras(library, base_image):
+    """AoT compilation off (AOTI=0): every layer is a module's own parameter, written the same way."""
+    pipe = load_pipeline()
+    fuser = LoraFuser({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}, keep_masters(pipe.transformer))
+    with fuser.applied(library.load("tiny-text")):
+        assert np.abs(generate(pipe) - eager_image("tiny-text")).max() < PIXELS
+    with fuser.applied(None):
+        assert np.abs(generate(pipe) - base_image).max() < PIXELS
