@@ -38,3 +38,15 @@ def quantize_fp8_(module: torch.nn.Module, granularity: str) -> None:
     # torchao's default would also switch on coordinate-descent tuning for the whole process: compiles
     # 8x longer on the H200 for no faster steps, and outside the options the cache key records.
     quantize_(module, Float8DynamicActivationFloat8WeightConfig(granularity=scale, set_inductor_config=False))
+
+
+def quantized_weight(weight: torch.Tensor, granularity: str) -> Float8Tensor:
+    """`weight` (out, in) quantized exactly as `quantize_fp8_` quantizes a linear layer's weight.
+
+    The same torchao call on a layer holding `weight`, so that re-quantizing an unchanged weight
+    gives the same FP8 data and scales bit for bit (LoRA fusing relies on it to restore the base).
+    """
+    holder = torch.nn.Sequential(torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False, device="meta"))
+    holder[0].weight = torch.nn.Parameter(weight, requires_grad=False)
+    quantize_fp8_(holder, granularity)
+    return holder[0].weight

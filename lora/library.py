@@ -1,0 +1,203 @@
+"""Reading a LoRA file into low-rank factors per layer, with an LRU of the LoRAs read.
+
+The file is read as safetensors only (never unpickled), and converted by diffusers' own
+`FluxPipeline.lora_state_dict`: diffusers/PEFT, kohya, xlabs and BFL files all come out as
+PEFT `lora_A`/`lora_B` pairs. Each layer's scaling (alpha / rank, per PEFT's rank and alpha
+patterns) is resolved the way `load_lora_weights` configures PEFT, so that fusing the factors
+gives the layer diffusers would compute.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import safetensors
+import torch
+from diffusers import FluxPipeline
+from diffusers.utils.peft_utils import _create_lora_config
+from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
+from peft.utils.other import get_pattern_key
+
+from .names import DEFAULT_WEIGHT_NAME, WEIGHT_SUFFIX, HubLora, LocalLora, LoraError, LoraSource, resolve
+
+DEFAULT_LORA_DIR = Path(__file__).resolve().parent.parent / "assets" / "loras"  # FLUX_LORA_DIR
+DEFAULT_CAPACITY = 4  # LoRAs kept read (FLUX_LORA_CACHE): a FLUX LoRA is 20-600 MB of host memory
+# The pipeline parts a FLUX LoRA may change, as diffusers' FluxLoraLoaderMixin loads them.
+ROOTS = ("transformer", "text_encoder")
+UNPREFIXED_TRANSFORMER_LAYERS = {"x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out"}
+
+
+@dataclass(frozen=True)
+class Factors:
+    """One layer's LoRA: its weight changes by scaling * up @ down (and its bias by scaling * up_bias)."""
+
+    down: torch.Tensor  # lora_A: (rank, in_features)
+    up: torch.Tensor  # lora_B: (out_features, rank)
+    scaling: float  # PEFT's lora_alpha / r (or / sqrt(r) for rsLoRA)
+    up_bias: torch.Tensor | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.up.shape[0], self.down.shape[1]
+
+    def delta(self, device: torch.device) -> torch.Tensor:
+        """scaling * up @ down in float32 on `device`."""
+        up, down = self.up.to(device, torch.float32), self.down.to(device, torch.float32)
+        return (up @ down).mul_(self.scaling)
+
+
+@dataclass(frozen=True)
+class Lora:
+    name: str
+    key: tuple  # what identifies this content: the name and the file's size and modification time
+    factors: Mapping[str, Factors]  # by layer, prefixed with its root: "transformer.x_embedder"
+
+    @property
+    def roots(self) -> set[str]:
+        return {layer.split(".", 1)[0] for layer in self.factors}
+
+
+def hub_file(source: HubLora, token: str | None = None) -> Path:
+    """The LoRA file of a Hub repo, downloaded into the Hub cache (or found there)."""
+    from huggingface_hub import hf_hub_download, list_repo_files
+
+    try:
+        filename = source.filename or _pick_weight_file(source, list_repo_files(source.repo, token=token))
+        return Path(hf_hub_download(source.repo, filename, token=token))
+    except LoraError:
+        raise
+    except Exception as error:  # not found, gated, no network, ...
+        raise LoraError(f"could not download {source.name!r} from the Hub: {type(error).__name__}: {error}") from None
+
+
+def _pick_weight_file(source: HubLora, files: list[str]) -> str:
+    weights = [f for f in files if f.endswith(WEIGHT_SUFFIX) and "/" not in f]
+    if DEFAULT_WEIGHT_NAME in weights:
+        return DEFAULT_WEIGHT_NAME
+    if len(weights) == 1:
+        return weights[0]
+    if not weights:
+        raise LoraError(f"{source.repo!r} has no {WEIGHT_SUFFIX} file at its top level: name one as owner/name:path")
+    raise LoraError(f"{source.repo!r} has several LoRA files ({', '.join(weights)}): name one as {source.repo}:{weights[0]}")
+
+
+def read_lora(name: str, path: Path) -> Lora:
+    """The factors of the LoRA file at `path` (safetensors only), converted and scaled as diffusers would."""
+    try:
+        with safetensors.safe_open(str(path), "pt"):  # parses the header only: a pickle or other file fails here
+            pass
+    except Exception:
+        raise LoraError(f"{name!r} is not a safetensors file") from None
+    try:
+        state, alphas, metadata = FluxPipeline.lora_state_dict(
+            str(path.parent), weight_name=path.name, use_safetensors=True, local_files_only=True,
+            return_alphas=True, return_lora_metadata=True,
+        )
+    except Exception as error:  # the converters raise ValueError, KeyError, AssertionError on files they do not know
+        raise LoraError(f"{name!r} is not a FLUX LoRA diffusers can read: {type(error).__name__}: {error}") from None
+    stat = path.stat()
+    return Lora(name, (name, stat.st_size, stat.st_mtime_ns), _factors(name, state, alphas or {}, metadata))
+
+
+def _factors(name: str, state: dict, alphas: dict, metadata: dict | None) -> dict[str, Factors]:
+    # diffusers' kohya converter names the transformer's outer layers without "transformer." (img_in ->
+    # "x_embedder"), and load_lora_weights then drops them without a word; they are the transformer's.
+    state = {f"transformer.{k}" if k.split(".", 1)[0] in UNPREFIXED_TRANSFORMER_LAYERS else k: v for k, v in state.items()}
+    others = sorted({key.split(".", 1)[0] for key in state} - set(ROOTS))
+    if others:
+        raise LoraError(f"{name!r} changes {', '.join(others)}: only the transformer and the CLIP text encoder can be changed")
+    factors = {}
+    for root in ROOTS:
+        part = {k.removeprefix(f"{root}."): v for k, v in state.items() if k.startswith(f"{root}.")}
+        if part:
+            root_metadata = None if metadata is None else {
+                k.removeprefix(f"{root}."): v for k, v in metadata.items() if k.startswith(f"{root}.")
+            }
+            root_alphas = {k.removeprefix(f"{root}."): v for k, v in alphas.items() if k.startswith(f"{root}.")}
+            for layer, f in _root_factors(name, root, part, root_alphas, root_metadata).items():
+                factors[f"{root}.{layer}"] = f
+    if not factors:
+        raise LoraError(f"{name!r} holds no LoRA layers")
+    return factors
+
+
+def _root_factors(name: str, root: str, state: dict, alphas: dict, metadata: dict | None) -> dict[str, Factors]:
+    """As diffusers prepares one model's part before handing it to PEFT (load_lora_adapter / _load_lora_into_text_encoder)."""
+    transformer = root == "transformer"
+    if not transformer:
+        state = convert_state_dict_to_peft(convert_state_dict_to_diffusers(state))
+    unknown = sorted(k for k in state if not k.endswith((".lora_A.weight", ".lora_B.weight", ".lora_B.bias")))
+    if unknown:  # Control LoRAs' norm layers, DoRA magnitudes, LoKr, embeddings...
+        raise LoraError(f"{name!r} changes more than LoRA layers (e.g. {unknown[0]}): not supported")
+    layers = sorted({k.rsplit(".lora_", 1)[0] for k in state})
+    incomplete = [layer for layer in layers if f"{layer}.lora_A.weight" not in state or f"{layer}.lora_B.weight" not in state]
+    if incomplete:
+        raise LoraError(f"{name!r} has a layer without its lora_A or lora_B weight: {incomplete[0]}")
+    # As diffusers builds the rank patterns (anchored with "^" for the transformer, not for CLIP).
+    ranks = {
+        (f"^{layer}" if transformer else layer) + ".lora_B.weight": state[f"{layer}.lora_B.weight"].shape[1]
+        for layer in layers
+    }
+    config = _create_lora_config(state, alphas or None, metadata or None, ranks, is_unet=transformer)
+    if config.use_dora:
+        raise LoraError(f"{name!r} is a DoRA: not supported")
+    factors = {}
+    for layer in layers:
+        r = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), layer), config.r)
+        alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), layer), config.lora_alpha)
+        down, up = state[f"{layer}.lora_A.weight"], state[f"{layer}.lora_B.weight"]
+        if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
+            shapes = f"{tuple(down.shape)}, {tuple(up.shape)}"
+            raise LoraError(f"{name!r}: {root}.{layer} is not a linear layer's LoRA (shapes {shapes})")
+        scaling = alpha / (math.sqrt(r) if config.use_rslora else r)
+        factors[layer] = Factors(down, up, float(scaling), state.get(f"{layer}.lora_B.bias"))
+    return factors
+
+
+class LoraLibrary:
+    """Turns a request's `lora` text into a Lora, keeping the `capacity` most recently used ones read.
+
+    `lora_dir` is the folder of local LoRAs; Hub LoRAs go through the Hub cache (`download`).
+    Thread-safe; a forked process starts with the parent's LoRAs read.
+    """
+
+    def __init__(
+        self, lora_dir: str | Path = DEFAULT_LORA_DIR, capacity: int = DEFAULT_CAPACITY,
+        download: Callable[[HubLora], Path] | None = None,
+    ):
+        if capacity < 1:
+            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        self.lora_dir = Path(lora_dir)
+        self.capacity = capacity
+        self.download = download or (lambda source: hub_file(source, os.environ.get("HF_TOKEN") or None))
+        self._read: OrderedDict[LoraSource, Lora] = OrderedDict()
+        self._lock = threading.Lock()
+        self.reads = 0  # files read so far: what the cache saves
+
+    def resolve(self, name: object) -> LoraSource | None:
+        return resolve(name, self.lora_dir)
+
+    def load(self, name: object) -> Lora | None:
+        """The LoRA `name` names (None for ""), read or from the cache; LoraError if it cannot be used."""
+        source = self.resolve(name)
+        if source is None:
+            return None
+        with self._lock:
+            if source in self._read:
+                self._read.move_to_end(source)
+                return self._read[source]
+        path = source.path if isinstance(source, LocalLora) else self.download(source)
+        lora = read_lora(source.name, Path(path))
+        with self._lock:
+            self.reads += 1
+            self._read[source] = lora
+            self._read.move_to_end(source)
+            while len(self._read) > self.capacity:
+                self._read.popitem(last=False)
+        return lora

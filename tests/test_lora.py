@@ -1,0 +1,370 @@
+"""LoRAs at request time: fused into the compiled programs' weights, equal to diffusers' eager LoRA.
+
+One regional compile of the tiny float32 pipeline is shared by the module; the LoRAs are those
+assets/build_loras.py made. FP8 runs on CPU with torchao's hardware check bypassed, as in test_fp8.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torchao.quantization.quant_api as quant_api
+from safetensors.torch import save_file
+
+import aoti
+import fp8
+import optimization
+from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
+from conftest import ROOT, load_pipeline
+from lora import HubLora, LocalLora, LoraError, LoraFuser, LoraLibrary, check_scale, keep_masters, resolve
+from lora.library import _pick_weight_file
+
+LORA_DIR = ROOT / "assets" / "loras"
+PIXELS = 1e-4  # as test_pipeline: compiled and eager images agree to this (pixel values in [0, 1])
+
+
+def generate(pipe, **kwargs):
+    return pipe(
+        "a red fox in the snow", width=512, height=256, num_inference_steps=2, max_sequence_length=MAX_SEQUENCE_LENGTH,
+        generator=torch.Generator().manual_seed(1), output_type="np", **kwargs,
+    ).images[0]
+
+
+def compiled_pipeline(dtype=torch.float32, **options):
+    pipe = load_pipeline(dtype)
+    masters = keep_masters(pipe.transformer)  # before optimize_pipeline_ (it would quantize with FP8)
+    config = OptimizationConfig(cache=False, **options)
+    optimization.optimize_pipeline_(
+        pipe, config, prompt="example", width=512, height=512, num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
+    )
+    fuser = LoraFuser({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}, masters, config.fp8_granularity)
+    return pipe, fuser
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return compiled_pipeline()
+
+
+@pytest.fixture(scope="module")
+def library():
+    return LoraLibrary(LORA_DIR)
+
+
+@pytest.fixture(scope="module")
+def base_image(compiled):
+    pipe, fuser = compiled
+    with fuser.applied(None):
+        return generate(pipe)
+
+
+def eager_image(name, scale=1.0):
+    """A fresh eager pipeline with the LoRA loaded by diffusers (PEFT layers, not fused)."""
+    pipe = load_pipeline()
+    source = resolve(name, LORA_DIR)
+    pipe.load_lora_weights(str(source.path.parent), weight_name=source.path.name)
+    return generate(pipe, joint_attention_kwargs={"scale": scale})
+
+
+def live_weights(fuser):
+    """A copy of every tensor the LoRA fuser may write."""
+    return {
+        (slot.layer, part): t.clone()
+        for slot in fuser.slots.values()
+        for part, t in (("weight", slot.weight), ("qdata", slot.qdata), ("scale", slot.scale), ("bias", slot.bias))
+        if t is not None
+    }
+
+
+def assert_same(before, after):
+    changed = [key for key in before if not torch.equal(before[key].view(torch.uint8), after[key].view(torch.uint8))]
+    assert not changed, f"{len(changed)} tensors changed, e.g. {changed[:3]}"
+
+
+@pytest.mark.parametrize("name, scale", [("tiny-style", 1.0), ("tiny-detail", 1.0), ("tiny-kohya", 1.0), ("tiny-style", 0.5)])
+def test_compiled_image_with_a_lora_equals_diffusers_eager_lora(compiled, library, base_image, name, scale):
+    pipe, fuser = compiled
+    with fuser.applied(library.load(name), scale):
+        image = generate(pipe)
+    reference = eager_image(name, scale)
+    assert np.abs(reference - base_image).max() > 20 * PIXELS  # the LoRA changes the image
+    assert np.abs(image - reference).max() < PIXELS
+
+
+def test_switching_loras_equals_loading_the_second_fresh_and_none_restores_the_base_bit_for_bit(
+    compiled, library, base_image
+):
+    pipe, fuser = compiled
+    with fuser.applied(None):
+        base = live_weights(fuser)
+    with fuser.applied(library.load("tiny-style")):
+        generate(pipe)
+    with fuser.applied(library.load("tiny-detail")):
+        image = generate(pipe)
+    assert np.abs(image - eager_image("tiny-detail")).max() < PIXELS
+    with fuser.applied(None):
+        assert_same(base, live_weights(fuser))
+        assert np.array_equal(generate(pipe), base_image)
+
+
+def test_scale_zero_is_no_lora_and_the_same_request_again_writes_nothing(compiled, library, base_image, monkeypatch):
+    pipe, fuser = compiled
+    style = library.load("tiny-style")
+    fuser.activate(None)
+    writes = []
+    monkeypatch.setattr(fuser, "_write", lambda slot, parts, scale: writes.append(slot.layer))
+    assert not fuser.activate(style, 0.0) and writes == []
+    monkeypatch.undo()
+    assert fuser.activate(style, 0.7)
+    monkeypatch.setattr(fuser, "_write", lambda slot, parts, scale: writes.append(slot.layer))
+    assert not fuser.activate(library.load("tiny-style"), 0.7) and writes == []  # cached LoRA, same scale: free
+    assert fuser.activate(style, 0.8) and len(writes) == len(style.factors)  # only its layers are rewritten
+    monkeypatch.undo()
+    with fuser.applied(style, 0.0):
+        assert np.array_equal(generate(pipe), base_image)
+
+
+def test_nothing_is_recompiled_and_no_tensor_moves(compiled, library, monkeypatch):
+    pipe, fuser = compiled
+    compiles = []
+    monkeypatch.setattr(aoti, "compile", lambda *a, **k: compiles.append(a))
+    monkeypatch.setattr(optimization.aoti, "compile", lambda *a, **k: compiles.append(a))
+    forwards = [m.forward for m in pipe.transformer.modules() if isinstance(m.__dict__.get("forward"), aoti.CompiledForward)]
+    assert len(forwards) == 2  # the double and the single block (regional)
+    pointers = [t.data_ptr() for f in forwards for t in f.weights.values()]
+    runners = [dict(f.runners._loaded) for f in forwards]
+    for name in ("tiny-style", "tiny-kohya", "tiny-text", ""):
+        with fuser.applied(library.load(name)):
+            generate(pipe)
+    assert compiles == []
+    assert [t.data_ptr() for f in forwards for t in f.weights.values()] == pointers
+    assert [dict(f.runners._loaded) for f in forwards] == runners  # the same loaded programs
+
+
+def test_a_lora_on_the_text_encoder_is_fused_there_too_and_removed_on_switch(compiled, library, base_image):
+    """The CLIP text encoder runs eagerly: its layers are written in place like the transformer's eager ones."""
+    pipe, fuser = compiled
+    text = library.load("tiny-text")
+    assert text.roots == {"transformer", "text_encoder"}
+    encoder_before = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+    with fuser.applied(text):
+        image = generate(pipe)
+        assert any(not torch.equal(v, encoder_before[k]) for k, v in pipe.text_encoder.state_dict().items())
+    assert np.abs(image - eager_image("tiny-text")).max() < PIXELS
+    with fuser.applied(None):
+        assert all(torch.equal(v, encoder_before[k]) for k, v in pipe.text_encoder.state_dict().items())
+        assert np.array_equal(generate(pipe), base_image)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("/etc/passwd", "paths and URLs"),
+    ("../tiny-flux/transformer/diffusion_pytorch_model", "paths and URLs"),
+    ("tiny-detail/../../tiny-flux", "paths and URLs"),
+    ("https://huggingface.co/owner/name", "paths and URLs"),
+    ("~/.cache/lora", "paths and URLs"),
+    ("owner/name:weights.bin", "only .safetensors"),
+    ("owner/name:weights", "only .safetensors"),
+    ("owner//name", "not a Hub LoRA"),
+    ("weights.ckpt", "only .safetensors"),
+    ("no-such-lora", "no LoRA named 'no-such-lora'"),
+    ("a lora", "not a LoRA name"),
+    (3, "must be text"),
+])
+def test_bad_names_are_refused_naming_the_field(name, message):
+    with pytest.raises(LoraError, match=f"^lora: .*{message}"):
+        LoraLibrary(LORA_DIR).load(name)
+
+
+def test_files_that_are_not_safetensors_loras_are_refused_and_nothing_changes(compiled, tmp_path):
+    pipe, fuser = compiled
+    fuser.activate(None)
+    before, state = live_weights(fuser), fuser.active
+    torch.save({"transformer.x_embedder.lora_A.weight": torch.zeros(2, 64)}, tmp_path / "pickled.safetensors")
+    (tmp_path / "pickle.bin").write_bytes(b"\x80\x04")
+    (tmp_path / "outside.safetensors").symlink_to(LORA_DIR / "tiny-style.safetensors")
+    save_file({"transformer.x_embedder.weight": torch.zeros(32, 64)}, tmp_path / "full-weights.safetensors")
+    library = LoraLibrary(tmp_path)
+    for name, message in [
+        ("pickled", "not a safetensors file"), ("pickle.bin", "only .safetensors"), ("outside", "outside the LoRA folder"),
+        ("full-weights", "not a FLUX LoRA|changes more than LoRA layers|no LoRA layers"),
+    ]:
+        with pytest.raises(LoraError, match=f"^lora: .*({message})"):
+            fuser.activate(library.load(name))
+    assert fuser.active == state
+    assert_same(before, live_weights(fuser))
+
+
+def test_a_lora_that_reshapes_a_layer_is_refused_and_nothing_changes(compiled, tmp_path):
+    """Like a Control LoRA, which widens x_embedder's input for its conditioning image."""
+    pipe, fuser = compiled
+    fuser.activate(LoraLibrary(LORA_DIR).load("tiny-detail"))
+    before, state = live_weights(fuser), fuser.active
+    generator = torch.Generator().manual_seed(0)
+    save_file({
+        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(2, 32, generator=generator),
+        "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(32, 2, generator=generator),
+        "transformer.x_embedder.lora_A.weight": torch.randn(2, 128, generator=generator),  # 64 -> 128 input features
+        "transformer.x_embedder.lora_B.weight": torch.randn(32, 2, generator=generator),
+    }, tmp_path / "control.safetensors")
+    with pytest.raises(LoraError, match=r"^lora: 'control' changes the shape of transformer.x_embedder .*Control LoRA"):
+        fuser.activate(LoraLibrary(tmp_path).load("control"))
+    assert fuser.active == state
+    assert_same(before, live_weights(fuser))
+    fuser.activate(None)
+
+
+def test_scales_are_checked_naming_the_field():
+    assert check_scale(0) == 0.0 and check_scale("1.5") == 1.5 and check_scale(2) == 2.0
+    for bad in (-0.1, 2.5, float("nan"), True, None, "x"):
+        with pytest.raises(LoraError, match="^lora_scale: "):
+            check_scale(bad)
+
+
+def test_names_resolve_to_the_hub_or_the_lora_folder(tmp_path):
+    assert resolve("", LORA_DIR) is None and resolve("  ", LORA_DIR) is None
+    assert resolve("owner/name", LORA_DIR) == HubLora("owner/name")
+    assert resolve("owner/name:sub/style.safetensors", LORA_DIR) == HubLora("owner/name", "sub/style.safetensors")
+    assert resolve("tiny-style", LORA_DIR) == LocalLora("tiny-style", LORA_DIR / "tiny-style.safetensors")
+    assert resolve("tiny-style.safetensors", LORA_DIR) == LocalLora("tiny-style.safetensors", LORA_DIR / "tiny-style.safetensors")
+    assert resolve("tiny-detail", LORA_DIR).path == LORA_DIR / "tiny-detail" / "pytorch_lora_weights.safetensors"
+    assert _pick_weight_file(HubLora("o/n"), ["README.md", "a.safetensors"]) == "a.safetensors"
+    assert _pick_weight_file(HubLora("o/n"), ["a.safetensors", "pytorch_lora_weights.safetensors"]).startswith("pytorch")
+    with pytest.raises(LoraError, match=r"^lora: 'o/n' has several LoRA files \(a.safetensors, b.safetensors\): name one"):
+        _pick_weight_file(HubLora("o/n"), ["a.safetensors", "b.safetensors"])
+
+
+def test_hub_loras_are_downloaded_once_and_the_cache_is_bounded():
+    downloads = []
+
+    def download(source):
+        downloads.append(source)
+        return LORA_DIR / "tiny-style.safetensors"  # no network in tests: the Hub cache's file stands in
+
+    library = LoraLibrary(LORA_DIR, capacity=2, download=download)
+    first = library.load("owner/style")
+    assert library.load("owner/style") is first and downloads == [HubLora("owner/style")]
+    library.load("tiny-detail")
+    library.load("tiny-kohya")  # evicts owner/style, the least recently used
+    library.load("owner/style")
+    assert len(downloads) == 2 and library.reads == 4
+
+
+def test_kohyas_outer_layers_are_applied_not_dropped(tmp_path):
+    """diffusers 0.42 converts kohya's img_in to an unprefixed "x_embedder" and then loads nothing for it."""
+    generator = torch.Generator().manual_seed(0)
+    save_file({
+        "lora_unet_img_in.lora_down.weight": torch.randn(4, 64, generator=generator),
+        "lora_unet_img_in.lora_up.weight": torch.randn(32, 4, generator=generator),
+        "lora_unet_img_in.alpha": torch.tensor(2.0),
+    }, tmp_path / "img-in.safetensors")
+    lora = LoraLibrary(tmp_path).load("img-in")
+    assert list(lora.factors) == ["transformer.x_embedder"]
+    factors = lora.factors["transformer.x_embedder"]
+    assert factors.scaling == 1.0  # kohya's alpha / rank is folded into the factors by the converter
+
+
+def test_requantizing_a_master_gives_the_base_fp8_weight_bit_for_bit(monkeypatch):
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    layer = torch.nn.Sequential(torch.nn.Linear(48, 32)).to(torch.bfloat16)
+    master = layer[0].weight.detach().clone()
+    fp8.quantize_fp8_(layer, "row")
+    again = fp8.quantized_weight(master, "row")
+    assert torch.equal(again.qdata.view(torch.uint8), layer[0].weight.qdata.view(torch.uint8))
+    assert torch.equal(again.scale, layer[0].weight.scale)
+
+
+@pytest.fixture(scope="module")
+def fp8_compiled():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+        patch.setattr(optimization, "fp8_unavailable", lambda *args: None)
+        return compiled_pipeline(torch.bfloat16, fp8_granularity="row")  # patched only while compiling
+
+
+def test_fp8_layers_get_the_quantized_sum_of_master_and_lora_and_back(fp8_compiled, library, monkeypatch):
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    pipe, fuser = fp8_compiled
+    fp8_slots = [s for s in fuser.slots.values() if s.fp8]
+    assert fp8_slots and all(s.layer in fuser._masters for s in fp8_slots)
+    base = live_weights(fuser)
+    base_image = generate(pipe)
+    style = library.load("tiny-style")
+    with fuser.applied(style, 0.9):
+        image = generate(pipe)
+        for slot in fp8_slots:
+            factors = style.factors.get(slot.layer)
+            master = fuser._masters[slot.layer]
+            expected = master if factors is None else (master.float() + 0.9 * factors.delta(master.device)).to(master.dtype)
+            quantized = fp8.quantized_weight(expected, "row")
+            assert torch.equal(slot.qdata.view(torch.uint8), quantized.qdata.view(torch.uint8)), slot.layer
+            assert torch.equal(slot.scale, quantized.scale), slot.layer
+    assert np.abs(image - base_image).max() > 0.01
+    with fuser.applied(None):
+        assert_same(base, live_weights(fuser))
+        assert np.array_equal(generate(pipe), base_image)
+
+
+def test_fp8_needs_masters_kept_before_quantizing(fp8_compiled):
+    pipe, _ = fp8_compiled
+    with pytest.raises(ValueError, match="keep_masters before optimize_pipeline_"):
+        LoraFuser({"transformer": pipe.transformer}, fp8_granularity="row")
+    with pytest.raises(ValueError, match="already quantized or compiled"):
+        keep_masters(pipe.transformer)
+
+
+def test_the_shipped_loras_are_what_build_loras_makes(tmp_path):
+    script = ROOT / "assets" / "build_loras.py"
+    subprocess.run([sys.executable, str(script), "--out", str(tmp_path)], check=True, capture_output=True)
+    built = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.safetensors"))
+    assert built == sorted(p.relative_to(LORA_DIR) for p in LORA_DIR.rglob("*.safetensors"))
+    for path in built:
+        assert (tmp_path / path).read_bytes() == (LORA_DIR / path).read_bytes(), path
+        assert (tmp_path / path).stat().st_size < 64_000
+
+
+def test_the_whole_transformer_compiled_with_fused_qkv_takes_a_lora_too(library):
+    """Programs that bind their weights as constants (regional=False) read them by address too; with fused
+    QKV, the LoRA's q, k and v layers are row blocks of one projection."""
+    pipe, fuser = compiled_pipeline(regional=False, fuse_qkv=True)
+    assert "transformer.transformer_blocks.0.attn.to_qkv" in fuser.slots
+    base = generate(pipe)
+    with fuser.applied(library.load("tiny-style")):
+        image = generate(pipe)
+    assert np.abs(image - eager_image("tiny-style")).max() < PIXELS
+    with fuser.applied(None):
+        assert np.array_equal(generate(pipe), base)
+
+
+def test_a_forked_process_can_take_the_lock_another_thread_held_at_the_fork(compiled):
+    import os
+    import threading
+
+    _, fuser = compiled
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with fuser.lock:
+            held.set()
+            release.wait()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait()
+    pid = os.fork()
+    if pid == 0:  # the child: only this thread exists, and the lock must be free
+        os._exit(0 if fuser.lock.acquire(timeout=5) else 1)
+    release.set()
+    thread.join()
+    assert os.waitpid(pid, 0)[1] == 0
+
+
+def test_an_eager_pipeline_takes_the_same_loras(library, base_image):
+    """AoT compilation off (AOTI=0): every layer is a module's own parameter, written the same way."""
+    pipe = load_pipeline()
+    fuser = LoraFuser({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}, keep_masters(pipe.transformer))
+    with fuser.applied(library.load("tiny-text")):
+        assert np.abs(generate(pipe) - eager_image("tiny-text")).max() < PIXELS
+    with fuser.applied(None):
+        assert np.abs(generate(pipe) - base_image).max() < PIXELS
