@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,6 +24,7 @@ with startup.stage("import", startup_seconds):
     from diffusers import FluxPipeline
 
     import config as cfg
+    from lora import SCALE_RANGE, LoraError, LoraFuser, LoraLibrary, check_scale, keep_masters, local_names
     from optimization import optimize_pipeline_
 
 log = logging.getLogger("app")
@@ -56,6 +58,8 @@ STEPS = CONFIG.steps_for(MODEL)
 
 # Optimize ----------------------------------------------------------------------------------------
 
+# LoRAs are fused into the weights the compiled programs read, from unquantized masters kept before FP8.
+masters = keep_masters(pipe.transformer) if CONFIG.lora else None
 report = optimize_pipeline_(
     pipe,
     CONFIG.optimization,
@@ -66,6 +70,12 @@ report = optimize_pipeline_(
     max_sequence_length=MODEL.max_sequence_length,
 )
 startup_seconds["optimize"] = report.seconds
+LORAS = LoraLibrary(CONFIG.lora_dir, CONFIG.lora_cache) if CONFIG.lora else None
+FUSER = (
+    LoraFuser({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}, masters, CONFIG.optimization.fp8_granularity)
+    if CONFIG.lora else None
+)
+del masters  # the fuser holds what it needs (on ZeroGPU, as host copies)
 device_name = torch.cuda.get_device_name() if CONFIG.device.startswith("cuda") else "CPU"
 MODEL_NAME = "embedded tiny FLUX (random weights)" if CONFIG.embedded else CONFIG.model
 STATUS = f"**{MODEL_NAME}** on {device_name} · {report.summary()}"
@@ -104,8 +114,8 @@ def _size(name: str, value: Any) -> int:
     return size
 
 
-def check_inputs(prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps):
-    """The request as typed values, or gr.Error naming the first bad field. Changes nothing."""
+def check_inputs(prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps, lora="", lora_scale=1.0):
+    """The request as typed values, or gr.Error naming the first bad field. Changes nothing but the LoRA cache."""
     if not isinstance(prompt, str):
         raise rejection(f"prompt must be text, got {type(prompt).__name__}.")
     if not prompt.strip():
@@ -124,17 +134,36 @@ def check_inputs(prompt, seed, randomize_seed, width, height, guidance_scale, nu
         _size("height", height),
         guidance,
         _integer("num_inference_steps", num_inference_steps, 1, CONFIG.max_steps),
+        *_lora(lora, lora_scale),
     )
 
 
-def gpu_seconds(prompt: str, seed: int, width: int, height: int, guidance: float, steps: int) -> int:
-    """ZeroGPU time to reserve: about 0.3 s per step per 1024x1024 image on an H200, plus margin."""
+def _lora(name: Any, scale: Any) -> tuple[str, float]:
+    """The LoRA's canonical name ("" for none) and scale; its file is read here, before any GPU is reserved."""
+    try:
+        scale = check_scale(scale)
+        if LORAS is None:
+            if name not in ("", None):
+                raise LoraError("LoRAs are switched off on this Space (FLUX_LORA=0)")
+            return "", scale
+        lora = LORAS.load(name)
+    except LoraError as error:
+        raise rejection(str(error)) from None
+    return (lora.name if lora else ""), scale
+
+
+def gpu_seconds(
+    prompt: str, seed: int, width: int, height: int, guidance: float, steps: int, lora: str, lora_scale: float
+) -> int:
+    """ZeroGPU time to reserve: about 0.3 s per step per 1024x1024 image on an H200, plus margin (a LoRA switch included)."""
     megapixels = max(width * height, 1024 * 1024) / (1024 * 1024)
     return int(10 + steps * 0.3 * megapixels**1.2)
 
 
 @spaces.GPU(duration=gpu_seconds)
-def generate(prompt: str, seed: int, width: int, height: int, guidance: float, steps: int) -> tuple[Any, dict]:
+def generate(
+    prompt: str, seed: int, width: int, height: int, guidance: float, steps: int, lora: str, lora_scale: float
+) -> tuple[Any, dict]:
     """The image and its timing, for checked values; on ZeroGPU it runs in a worker with the GPU."""
     step_ends = []
 
@@ -145,19 +174,23 @@ def generate(prompt: str, seed: int, width: int, height: int, guidance: float, s
         return tensors
 
     start = time.perf_counter()
-    image = pipe(
-        prompt=prompt,
-        width=width,
-        height=height,
-        guidance_scale=guidance,
-        num_inference_steps=steps,
-        max_sequence_length=MODEL.max_sequence_length,
-        generator=torch.Generator().manual_seed(seed),  # CPU generator: same image for a seed on any device
-        callback_on_step_end=on_step_end,
-    ).images[0]
+    # Held until the image is made: no other request's LoRA can be fused in between.
+    with FUSER.applied(LORAS.load(lora), lora_scale) if FUSER else contextlib.nullcontext():
+        fused = time.perf_counter()
+        image = pipe(
+            prompt=prompt,
+            width=width,
+            height=height,
+            guidance_scale=guidance,
+            num_inference_steps=steps,
+            max_sequence_length=MODEL.max_sequence_length,
+            generator=torch.Generator().manual_seed(seed),  # CPU generator: same image for a seed on any device
+            callback_on_step_end=on_step_end,
+        ).images[0]
     # The first step also pays for text encoding; later steps are the transformer's steady state.
-    per_step = (step_ends[-1] - step_ends[0]) / (steps - 1) if steps > 1 else step_ends[0] - start
-    timing = {"steps": steps, "seconds_per_step": per_step, "seconds": time.perf_counter() - start, "size": f"{width}x{height}"}
+    per_step = (step_ends[-1] - step_ends[0]) / (steps - 1) if steps > 1 else step_ends[0] - fused
+    timing = {"steps": steps, "seconds_per_step": per_step, "seconds": time.perf_counter() - start, "size": f"{width}x{height}",
+              "lora": lora, "lora_scale": lora_scale, "lora_seconds": fused - start}
     return image, timing
 
 
@@ -169,6 +202,8 @@ def infer(
     height: int = CONFIG.default_size,
     guidance_scale: float = CONFIG.default_guidance,
     num_inference_steps: int = STEPS,
+    lora: str = "",
+    lora_scale: float = 1.0,
     progress: gr.Progress = gr.Progress(track_tqdm=True),
 ):
     """Generate an image from a text prompt with FLUX (transformer AoT-compiled).
@@ -181,14 +216,16 @@ def infer(
         height: Image height in pixels: a multiple of 32 from 256 to 2048. Other values are rejected.
         guidance_scale: How closely to follow the prompt, from 1 to 15 (FLUX.1-dev: 3.5); schnell-like models ignore it.
         num_inference_steps: Denoising steps, from 1 to the Space's maximum (50 by default); FLUX.1-dev uses 28, schnell 4.
+        lora: A LoRA: "" for none, a name from the Space's list, or a Hub repo as owner/name or owner/name:file.safetensors.
+        lora_scale: How strongly the LoRA applies, from 0 to 2 (1: as trained, 0: not at all).
 
     Returns:
         The generated image (PNG, with its prompt, seed and settings as text fields) and the seed that produced it.
     """
     # Checked here, before any GPU is reserved: on ZeroGPU a rejected request costs no quota.
     try:
-        prompt, seed, randomize_seed, width, height, guidance, steps = check_inputs(
-            prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps
+        prompt, seed, randomize_seed, width, height, guidance, steps, lora, lora_scale = check_inputs(
+            prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps, lora, lora_scale
         )
     except gr.Error as error:
         log.info("rejected request: %s", error.message)
@@ -199,8 +236,9 @@ def infer(
         log.info("%s", warning)
     if randomize_seed:
         seed = random.randint(0, cfg.MAX_SEED)
-    image, timing = generate(prompt, seed, width, height, guidance, steps)
-    image.info.update(settings_of(prompt, seed, width, height, guidance, steps, warning))  # Gradio keeps them in the PNG
+    image, timing = generate(prompt, seed, width, height, guidance, steps, lora, lora_scale)
+    settings = settings_of(prompt, seed, width, height, guidance, steps, lora, lora_scale, warning)
+    image.info.update(settings)  # Gradio keeps them in the PNG
     return image, seed, timing  # the timing goes to the UI's status line (gr.State), not to API callers
 
 
@@ -210,11 +248,16 @@ def truncation_warning(prompt: str) -> str | None:
     return f"The prompt is {tokens} T5 tokens long; only the first {limit} were used." if tokens > limit else None
 
 
-def settings_of(prompt: str, seed: int, width: int, height: int, guidance: float, steps: int, warning: str | None) -> dict:
+def settings_of(
+    prompt: str, seed: int, width: int, height: int, guidance: float, steps: int, lora: str, lora_scale: float,
+    warning: str | None,
+) -> dict:
     """What made an image, as PNG text fields: anyone holding the file can reproduce or audit it."""
     settings = dict(prompt=prompt, model=MODEL_NAME, seed=seed, width=width, height=height, num_inference_steps=steps)
     if MODEL.guidance:
         settings["guidance_scale"] = guidance
+    if lora:
+        settings.update(lora=lora, lora_scale=lora_scale)
     if warning:
         settings["warning"] = warning
     return {key: str(value) for key, value in settings.items()}
@@ -224,8 +267,9 @@ def generation_status(timing: dict | None) -> str:
     """The status line, with the last generation's speed once there is one."""
     if not timing:
         return STATUS
+    lora = timing["lora"] and f"LoRA {timing['lora']} at {timing['lora_scale']:g} ({timing['lora_seconds']:.2f} s to fuse), "
     return (
-        f"{STATUS}  \nLast image: {timing['size']}, {timing['steps']} steps, "
+        f"{STATUS}  \nLast image: {timing['size']}, {timing['steps']} steps, {lora}"
         f"{timing['seconds_per_step']:.2f} s/step, {timing['seconds']:.1f} s in total"
     )
 
@@ -245,7 +289,9 @@ EXAMPLES = [
     ["a cat holding a sign that says hello world", 7, False, 1024, 768],
     ["a lighthouse on a cliff at dusk, tall vertical poster", 3, False, 768, 1344],
 ]
-EXAMPLE_ROWS = [row + [CONFIG.default_guidance, STEPS] for row in EXAMPLES]
+EXAMPLE_ROWS = [row + [CONFIG.default_guidance, STEPS, "", 1.0] for row in EXAMPLES]
+# (label, value) pairs: "none", the Space's own LoRAs, then the curated Hub ones.
+LORA_CHOICES = [("none", "")] + [(name, name) for name in local_names(CONFIG.lora_dir) + CONFIG.hub_lora_names]
 EXAMPLES_CACHE = Path(os.environ.get("GRADIO_EXAMPLES_CACHE", ".gradio/cached_examples"))  # Gradio's default
 
 
@@ -297,7 +343,16 @@ with gr.Blocks(title="FLUX, AoT-compiled") as demo:
                 num_inference_steps = whole_number(gr.Slider(
                     label="Steps", minimum=1, maximum=CONFIG.max_steps, step=1, value=STEPS
                 ))
-        request = [prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps]  # infer's arguments
+            with gr.Row(visible=CONFIG.lora):
+                lora = gr.Dropdown(
+                    label="LoRA", choices=LORA_CHOICES, value="", allow_custom_value=True, scale=2,
+                    info="From the list, or any Hub LoRA as owner/name",
+                )
+                # Any text, not only the listed choices (a Dropdown tells API clients "one of these").
+                listed = ", ".join(repr(value) for _, value in LORA_CHOICES)
+                lora.api_info = lambda: {"type": "string", "description": f"one of {listed}, or a Hub LoRA as owner/name"}
+                lora_scale = gr.Slider(label="LoRA scale", minimum=SCALE_RANGE[0], maximum=SCALE_RANGE[1], step=0.05, value=1.0)
+        request = [prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps, lora, lora_scale]  # infer's
         generated = [result, seed, last_generation]
         gr.Examples(
             examples=EXAMPLE_ROWS,

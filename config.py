@@ -16,6 +16,7 @@ from types import MappingProxyType
 from typing import Any
 
 EMBEDDED_MODEL = str(Path(__file__).resolve().parent / "assets" / "tiny-flux")
+LORA_DIR = str(Path(__file__).resolve().parent / "assets" / "loras")
 HUB_MODEL = "black-forest-labs/FLUX.1-dev"
 
 # Resolution range of the UI and of the one compiled graph, per side (the official FLUX.1-dev
@@ -118,6 +119,13 @@ class AppConfig:
     default_size: int = 1024
     queue_size: int = field(default=20, metadata=env("FLUX_QUEUE_SIZE"))  # waiting requests beyond this get "busy"
     mcp_server: bool = field(default=False, metadata=env("FLUX_MCP_SERVER"))  # also serve /infer as an MCP tool
+    # LoRAs per request, fused into the compiled weights; keeps an unquantized copy of the transformer's linear layers.
+    lora: bool = field(default=True, metadata=env("FLUX_LORA"))
+    lora_dir: str = field(default=LORA_DIR, metadata=env("FLUX_LORA_DIR"))  # local LoRAs a request may name
+    lora_cache: int = field(default=4, metadata=env("FLUX_LORA_CACHE"))  # LoRAs kept read (20-600 MB each)
+    # Hub LoRAs offered in the UI ("owner/name" or "owner/name:file.safetensors", comma-separated); any other
+    # Hub LoRA can still be typed in or sent through the API.
+    hub_loras: str = field(default="", metadata=env("FLUX_HUB_LORAS"))
     optimization: OptimizationConfig = OptimizationConfig()
 
     @property
@@ -127,9 +135,17 @@ class AppConfig:
     def steps_for(self, model: ModelDefaults) -> int:
         return self.default_steps or model.steps
 
+    @property
+    def hub_lora_names(self) -> list[str]:
+        return [name.strip() for name in self.hub_loras.split(",") if name.strip()]
 
+
+# Popular FLUX.1-dev LoRAs in three formats (XLabs, diffusers, kohya), for the GPU Space's list.
+HUB_LORAS = (
+    "XLabs-AI/flux-RealismLora,alimama-creative/FLUX.1-Turbo-Alpha,ByteDance/Hyper-SD:Hyper-FLUX.1-dev-8steps-lora.safetensors"
+)
 PRESETS = {
-    "gpu": AppConfig(),
+    "gpu": AppConfig(hub_loras=HUB_LORAS),
     "cpu": AppConfig(model=EMBEDDED_MODEL, device="cpu", dtype="float32", default_steps=4, max_steps=50),
 }
 

@@ -2,7 +2,7 @@
 
     masters = keep_masters(pipe.transformer)                 # before optimize_pipeline_ quantizes to FP8
     report = optimize_pipeline_(pipe, config, ...)
-    library = LoraLibrary(os.environ.get("FLUX_LORA_DIR", DEFAULT_LORA_DIR))
+    library = LoraLibrary(config.lora_dir, config.lora_cache)
     fuser = LoraFuser({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}, masters,
                       config.fp8_granularity)
 
@@ -16,11 +16,11 @@ the unquantized weights, slots.py finds the live tensors, fuser.py writes into t
 """
 
 from .fuser import LoraFuser
-from .library import DEFAULT_CAPACITY, DEFAULT_LORA_DIR, Factors, Lora, LoraLibrary, read_lora
+from .library import Factors, Lora, LoraLibrary, read_lora
 from .masters import keep_masters
 from .names import SCALE_RANGE, HubLora, LocalLora, LoraError, LoraSource, check_scale, local_names, resolve
 
 __all__ = [
-    "DEFAULT_CAPACITY", "DEFAULT_LORA_DIR", "SCALE_RANGE", "Factors", "HubLora", "LocalLora", "Lora", "LoraError",
+    "SCALE_RANGE", "Factors", "HubLora", "LocalLora", "Lora", "LoraError",
     "LoraFuser", "LoraLibrary", "LoraSource", "check_scale", "keep_masters", "local_names", "read_lora", "resolve",
 ]

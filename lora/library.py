@@ -24,10 +24,10 @@ from diffusers.utils.peft_utils import _create_lora_config
 from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
 from peft.utils.other import get_pattern_key
 
+from config import AppConfig
+
 from .names import DEFAULT_WEIGHT_NAME, WEIGHT_SUFFIX, HubLora, LocalLora, LoraError, LoraSource, resolve
 
-DEFAULT_LORA_DIR = Path(__file__).resolve().parent.parent / "assets" / "loras"  # FLUX_LORA_DIR
-DEFAULT_CAPACITY = 4  # LoRAs kept read (FLUX_LORA_CACHE): a FLUX LoRA is 20-600 MB of host memory
 # The pipeline parts a FLUX LoRA may change, as diffusers' FluxLoraLoaderMixin loads them.
 ROOTS = ("transformer", "text_encoder")
 UNPREFIXED_TRANSFORMER_LAYERS = {"x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out"}
@@ -168,8 +168,7 @@ class LoraLibrary:
     """
 
     def __init__(
-        self, lora_dir: str | Path = DEFAULT_LORA_DIR, capacity: int = DEFAULT_CAPACITY,
-        download: Callable[[HubLora], Path] | None = None,
+        self, lora_dir: str | Path, capacity: int = AppConfig.lora_cache, download: Callable[[HubLora], Path] | None = None,
     ):
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")

@@ -21,8 +21,17 @@ def client(app):
     return Client(app.demo.local_url, verbose=False, download_files=str(Path(os.environ["TMPDIR"]) / "client"))
 
 
-def infer(client, prompt="a red bicycle", seed=5, randomize_seed=False, width=512, height=256, guidance=3.5, steps=2):
-    path, seed = client.predict(prompt, seed, randomize_seed, width, height, guidance, steps, api_name="/infer")
+PARAMETERS = [
+    "prompt", "seed", "randomize_seed", "width", "height", "guidance_scale", "num_inference_steps", "lora", "lora_scale"
+]
+
+
+def infer(client, prompt="a red bicycle", seed=5, randomize_seed=False, width=512, height=256, guidance=3.5, steps=2, **lora):
+    """Positional, as callers written before the LoRA parameters call it; `lora=..., lora_scale=...` appends those."""
+    args = [prompt, seed, randomize_seed, width, height, guidance, steps]
+    if lora:
+        args += [lora.get("lora", ""), lora.get("lora_scale", 1.0)]
+    path, seed = client.predict(*args, api_name="/infer")
     return Path(path), seed
 
 
@@ -70,6 +79,14 @@ BAD_REQUESTS = [
     (dict(guidance=100.0), "guidance_scale must be between"),
     (dict(guidance=True), "guidance_scale must be a number"),
     (dict(randomize_seed="maybe"), "randomize_seed must be true or false"),
+    (dict(lora="../../etc/passwd"), "lora: .* paths and URLs are not loaded"),
+    (dict(lora="https://example.com/x.safetensors"), "lora: .* paths and URLs are not loaded"),
+    (dict(lora="/tmp/x.safetensors"), "lora: .* paths and URLs are not loaded"),
+    (dict(lora="tiny-style.ckpt"), "lora: only .safetensors files are loaded"),
+    (dict(lora="no-such-lora"), "lora: no LoRA named 'no-such-lora'"),
+    (dict(lora=5), "lora: must be text"),
+    (dict(lora="tiny-style", lora_scale=2.5), "lora_scale: must be between 0 and 2"),
+    (dict(lora="tiny-style", lora_scale=True), "lora_scale: must be a number"),
 ]
 
 
@@ -117,10 +134,10 @@ def test_cached_examples_are_kept_per_model(app, monkeypatch):
 def test_api_description_lists_infer_with_its_parameters_types_and_ranges(client):
     info = client.view_api(return_format="dict", print_info=False)
     parameters = {p["parameter_name"]: p for p in info["named_endpoints"]["/infer"]["parameters"]}
-    assert list(parameters) == ["prompt", "seed", "randomize_seed", "width", "height", "guidance_scale", "num_inference_steps"]
+    assert list(parameters) == PARAMETERS
     types = {name: p["python_type"]["type"] for name, p in parameters.items()}
     assert types == {"prompt": "str", "seed": "int", "randomize_seed": "bool", "width": "int", "height": "int",
-                     "guidance_scale": "float", "num_inference_steps": "int"}
+                     "guidance_scale": "float", "num_inference_steps": "int", "lora": "str", "lora_scale": "float"}
     assert parameters["width"]["type"]["description"] == "whole number from 256 to 2048 in steps of 32"
     assert parameters["seed"]["type"]["description"] == "whole number from 0 to 2147483647"
     assert "between 1.0 and 15.0" in parameters["guidance_scale"]["type"]["description"]
@@ -131,12 +148,12 @@ def test_mcp_tool_schema_describes_every_argument(app):
     tools = httpx.get(app.demo.local_url + "gradio_api/mcp/schema", timeout=30).json()
     (tool,) = [t for t in tools if t["name"] == "infer"]
     properties = tool["inputSchema"]["properties"]
-    assert list(properties) == ["prompt", "seed", "randomize_seed", "width", "height", "guidance_scale", "num_inference_steps"]
+    assert list(properties) == PARAMETERS
     for name, schema in properties.items():
         assert schema["description"] and schema["description"] in app.infer.__doc__, name
     assert {name: schema["type"] for name, schema in properties.items() if name != "prompt"} == {
         "seed": "integer", "randomize_seed": "boolean", "width": "integer", "height": "integer",
-        "guidance_scale": "number", "num_inference_steps": "integer",
+        "guidance_scale": "number", "num_inference_steps": "integer", "lora": "string", "lora_scale": "number",
     }
     assert tool["inputSchema"]["required"] == ["prompt"]
     # Each line of the docstring's sections is a sentence of its own: Gradio joins lines with ", ".
@@ -201,9 +218,9 @@ def test_long_prompt_warns_that_it_is_cut(app, monkeypatch):
 
 
 def test_zerogpu_duration_grows_with_work(app):
-    small = app.gpu_seconds("p", 0, 512, 512, 3.5, 4)
-    default = app.gpu_seconds("p", 0, 1024, 1024, 3.5, 28)
-    large = app.gpu_seconds("p", 0, 2048, 2048, 3.5, 50)
+    small = app.gpu_seconds("p", 0, 512, 512, 3.5, 4, "", 1.0)
+    default = app.gpu_seconds("p", 0, 1024, 1024, 3.5, 28, "tiny-style", 1.0)
+    large = app.gpu_seconds("p", 0, 2048, 2048, 3.5, 50, "", 1.0)
     assert 10 < small < default < large
 
 
@@ -220,8 +237,10 @@ def test_requests_are_checked_before_the_gpu_function_and_reach_it_typed(app, mo
             app.infer(**{**request, **{names.get(k, k): v for k, v in change.items()}})
     assert calls == []
     assert app.infer(**{**request, "seed": 5.0, "width": "512", "num_inference_steps": 2.0})[1] == 5
-    assert calls == [("a red bicycle", 5, 512, 256, 3.5, 2)]
-    assert [type(v) for v in calls[0]] == [str, int, int, int, float, int]
+    assert calls == [("a red bicycle", 5, 512, 256, 3.5, 2, "", 1.0)]
+    assert [type(v) for v in calls[0]] == [str, int, int, int, float, int, str, float]
+    app.infer(**request, lora=" tiny-style ", lora_scale="0.5")
+    assert calls[-1][-2:] == ("tiny-style", 0.5)
 
 
 def test_concurrent_requests_each_get_the_image_of_their_own_seed(client):
@@ -237,4 +256,33 @@ def test_concurrent_requests_each_get_the_image_of_their_own_seed(client):
 
 def test_examples_carry_valid_settings(app):
     for prompt, seed, randomize, width, height in app.EXAMPLES:
-        app.check_inputs(prompt, seed, randomize, width, height, app.CONFIG.default_guidance, app.STEPS)
+        app.check_inputs(prompt, seed, randomize, width, height, app.CONFIG.default_guidance, app.STEPS, "", 1.0)
+
+
+def test_a_lora_changes_the_image_says_so_and_none_gives_the_base_back(client):
+    base, _ = infer(client, seed=21)
+    styled, _ = infer(client, seed=21, lora="tiny-style", lora_scale=1.0)
+    with Image.open(styled) as image:
+        assert (image.info["lora"], image.info["lora_scale"]) == ("tiny-style", "1.0")
+    assert styled.read_bytes() != base.read_bytes()
+    assert infer(client, seed=21, lora="", lora_scale=1.0)[0].read_bytes() == base.read_bytes()  # unfused exactly
+    unscaled, _ = infer(client, seed=21, lora="tiny-style", lora_scale=0.0)  # the same pixels; its text fields name the LoRA
+    with Image.open(unscaled) as image, Image.open(base) as reference:
+        assert image.tobytes() == reference.tobytes()
+
+
+def test_concurrent_requests_with_different_loras_each_get_their_own(client):
+    requests = [("tiny-style", 1.0), ("", 1.0), ("tiny-detail", 0.5), ("tiny-kohya", 1.0), ("tiny-style", 1.0)]
+    jobs = [client.submit("a red bicycle", 31, False, 256, 256, 3.5, 1, *request, api_name="/infer") for request in requests]
+    images = [Path(job.result(timeout=300)[0]).read_bytes() for job in jobs]
+    for (lora, scale), image in zip(requests, images):
+        alone, _ = infer(client, seed=31, width=256, height=256, steps=1, lora=lora, lora_scale=scale)
+        assert image == alone.read_bytes(), (lora, scale)
+    assert len(set(images)) == 4  # the two tiny-style requests agree; every other pair differs
+
+
+def test_the_status_line_names_the_lora(app):
+    image, _, timing = app.infer("a red kite", 9, False, 256, 256, 3.5, 2, "tiny-detail", 0.5)
+    assert (timing["lora"], timing["lora_scale"]) == ("tiny-detail", 0.5) and timing["lora_seconds"] >= 0
+    assert "LoRA tiny-detail at 0.5" in app.generation_status(timing)
+    assert "LoRA" not in app.generation_status(app.infer("a red kite", 9, False, 256, 256, 3.5, 2)[2])

@@ -51,8 +51,8 @@ def servers(device_api, tmp_path_factory):
     harness.stop(reference)
 
 
-def infer(client: Client, seed: int, width: int = 512, height: int = 256, steps: int = 2) -> bytes:
-    path, returned = client.predict("a red bicycle", seed, False, width, height, 3.5, steps, api_name="/infer")
+def infer(client: Client, seed: int, width: int = 512, height: int = 256, steps: int = 2, *lora) -> bytes:
+    path, returned = client.predict("a red bicycle", seed, False, width, height, 3.5, steps, *lora, api_name="/infer")
     assert returned == seed
     return Path(path).read_bytes()
 
@@ -90,6 +90,21 @@ def test_fresh_and_reused_workers_give_the_images_of_spaces_off(servers, device_
     workers = {w["pid"]: w for w in zerogpu.events("worker")}
     for pid in allowed:  # every weight the programs read arrived in the worker with its values
         assert workers[pid]["weights"] == zerogpu.events("startup")[0]["weights"] == workers[pid]["moved"]
+
+
+def test_each_request_gets_its_lora_fused_in_its_worker(servers, device_api):
+    """A fresh worker starts from the base weights, a reused one from what it fused last: either way the
+    image is the one spaces off makes for the same request."""
+    zerogpu, reference = servers
+    on, off = zerogpu.client(), reference.client()
+    plan = [(False, "tiny-style", 1.0), (True, "tiny-style", 1.0), (True, "", 1.0), (True, "tiny-detail", 0.5),
+            (False, "", 1.0), (True, "tiny-text", 1.0), (False, "tiny-kohya", 1.5)]
+    for i, (idle, lora, scale) in enumerate(plan):
+        device_api.set_idle(idle)  # idle=false: a fresh worker
+        request = (40 + i, 512, 256, 2, lora, scale)
+        assert infer(on, *request) == infer(off, *request), (idle, lora, scale)
+    served = zerogpu.events("request")[-len(plan):]  # as the GPU function saw them, in the workers
+    assert [(r["lora"], r["lora_scale"]) for r in served] == [(lora, scale) for _, lora, scale in plan]
 
 
 def test_bad_requests_are_refused_before_a_gpu_is_scheduled(servers, device_api):
