@@ -15,8 +15,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-EMBEDDED_MODEL = str(Path(__file__).resolve().parent / "assets" / "tiny-flux")
-LORA_DIR = str(Path(__file__).resolve().parent / "assets" / "loras")
+ROOT = Path(__file__).resolve().parent
+EMBEDDED_MODEL = str(ROOT / "assets" / "tiny-flux")
+EMBEDDED_LORAS = str(ROOT / "assets" / "loras")  # made for the embedded model by assets/build_loras.py
 HUB_MODEL = "black-forest-labs/FLUX.1-dev"
 
 # Resolution range of the UI and of the one compiled graph, per side (the official FLUX.1-dev
@@ -121,7 +122,7 @@ class AppConfig:
     mcp_server: bool = field(default=False, metadata=env("FLUX_MCP_SERVER"))  # also serve /infer as an MCP tool
     # LoRAs per request, fused into the compiled weights; keeps an unquantized copy of the transformer's linear layers.
     lora: bool = field(default=True, metadata=env("FLUX_LORA"))
-    lora_dir: str = field(default=LORA_DIR, metadata=env("FLUX_LORA_DIR"))  # local LoRAs a request may name
+    lora_dir: str = field(default=str(ROOT / "loras"), metadata=env("FLUX_LORA_DIR"))  # the Space's own LoRAs
     lora_cache: int = field(default=4, metadata=env("FLUX_LORA_CACHE"))  # LoRAs kept read (20-600 MB each)
     # Hub LoRAs offered in the UI ("owner/name" or "owner/name:file.safetensors", comma-separated); any other
     # Hub LoRA can still be typed in or sent through the API.
@@ -146,7 +147,7 @@ HUB_LORAS = (
 )
 PRESETS = {
     "gpu": AppConfig(hub_loras=HUB_LORAS),
-    "cpu": AppConfig(model=EMBEDDED_MODEL, device="cpu", dtype="float32", default_steps=4, max_steps=50),
+    "cpu": AppConfig(model=EMBEDDED_MODEL, device="cpu", dtype="float32", default_steps=4, max_steps=50, lora_dir=EMBEDDED_LORAS),
 }
 
 

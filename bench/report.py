@@ -32,6 +32,7 @@ TRANSFORMER = sorted((RESULTS / "h200-full").glob("*/*.json"))
 COLDSTART = [RESULTS / f"coldstart-h200-{name}.json" for name in ("fp8", "bf16", "bf16-session3")]
 STARTUP = RESULTS / "startup-cpu.json"
 ZEROGPU = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev.json"
+PIPELINE = sorted((RESULTS / "pipeline-h200").glob("*.json"))
 PAGES = (ROOT / "bench" / "README.md", ROOT / "README.md")
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
 # The per-size table; "+cudagraph" rows are the app's default on the GPU.
@@ -205,13 +206,62 @@ def render_summary(rows: list[dict], coldstart: Path) -> str:
     empty, cached = cold["rows"]["aot, empty caches"], cold["rows"]["aot, cached program"]
     return "\n".join([
         *lines, "",
-        f"Milliseconds per denoising step of FLUX.1-dev's transformer (random weights), lowest to highest over the "
-        f"{len({id(r['run']) for r in rows})} processes with the current settings, and the speed-up against eager bf16 "
-        "in the same process.", "",
-        f"Cold start with FP8: the first start compiles for {empty['compile_or_load_s']:.0f} s (first step included, "
-        f"imports not); a restart loads the compiled program in {cached['compile_or_load_s']:.1f} s.", "",
-        f"Measured on {cards}. Every run, rung and command: [bench/README.md](bench/README.md).",
+        f"Milliseconds per step of FLUX.1-dev's transformer (random weights), lowest to highest over "
+        f"{len({id(r['run']) for r in rows})} processes, speed-up against eager in the same process. First start with FP8: "
+        f"{empty['compile_or_load_s']:.0f} s of compile (imports not counted); a restart loads the program in "
+        f"{cached['compile_or_load_s']:.1f} s. {cards}; every run and command: [bench/README.md](bench/README.md).",
     ])
+
+
+def pipeline_rows(paths: list[Path]) -> list[dict]:
+    """bench_pipeline rows, each with its run and its speed-up against the same run's eager image."""
+    rows = []
+    for path in sorted(paths, key=natural):
+        run = {**json.loads(path.read_text()), "path": path}
+        eager = {r["workload"]: r["seconds"] for r in run["rows"] if r["variant"] == "eager"}
+        rows += [{**r, "run": run, "speedup": eager[r["workload"]] / r["seconds"]} for r in run["rows"] if r["workload"] in eager]
+    return rows
+
+
+def workload_label(row: dict) -> str:
+    width, height, steps = row["workload"].split("x")
+    return f"{width}x{height}, {steps} steps"
+
+
+def render_pipeline_summary(paths: list[Path]) -> str:
+    """README.md's seconds per image: eager against the app's default (AoT), as ranges over the runs."""
+    rows = pipeline_rows(paths)
+    lines = ["| image (whole pipeline) | eager bf16 | this template | images per minute |", "|---|---:|---:|---:|"]
+    for workload in dict.fromkeys(r["workload"] for r in rows):
+        eager = [r for r in rows if r["workload"] == workload and r["variant"] == "eager"]
+        aot = [r for r in rows if r["workload"] == workload and r["variant"] == "aot"]
+        lines.append(
+            f"| {workload_label(aot[0])} | {span([r['seconds'] for r in eager], '.2f')} s | "
+            f"{span([r['seconds'] for r in aot], '.2f')} s ({span([r['speedup'] for r in aot], '.2f')}x) | "
+            f"{span([r['images_per_minute'] for r in eager], '.0f')} -> {span([r['images_per_minute'] for r in aot], '.0f')} |"
+        )
+    return "\n".join(lines)
+
+
+def render_pipeline(paths: list[Path]) -> str:
+    """Every bench_pipeline run: seconds per image and where they go."""
+    out = []
+    for path in sorted(paths, key=natural):
+        rows = pipeline_rows([path])
+        env = rows[0]["run"]["env"]
+        out += [
+            f"{env.get('card', 'CPU')}, torch {env['torch']}, diffusers {env['diffusers']}, torchao {env['torchao']}: "
+            f"`{command(env['command'], path)}`; median of the timed images after a warm-up image.", "",
+            "| variant | image | s / image | vs eager | images / min | text encoders, s | denoising, s | VAE decode, s | "
+            "first image, s | error vs eager |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            *[f"| {r['variant']} | {workload_label(r)} | {r['seconds']:.3f} | {r['speedup']:.2f}x | "
+              f"{r['images_per_minute']:.1f} | {r['text_s']:.3f} | {r['denoise_s']:.3f} | "
+              f"{r['decode_s']:.3f} ({r['decode_s'] / r['seconds']:.0%}) | {r['first_image_s']:.1f} | "
+              f"{fmt(r.get('rel_error_vs_eager'), '.1e')} |" for r in rows],
+            "",
+        ]
+    return "\n".join(out).rstrip()
 
 
 def render_coldstart(paths: list[Path]) -> str:
@@ -304,6 +354,8 @@ def sections() -> dict[str, str]:
     rows = load(TRANSFORMER)
     return {
         "summary": render_summary(rows, COLDSTART[0]),
+        "images": render_pipeline_summary(PIPELINE),
+        "pipeline": render_pipeline(PIPELINE),
         "transformer": render(rows),
         "coldstart": render_coldstart(COLDSTART),
         "startup": render_startup(STARTUP),

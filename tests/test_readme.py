@@ -4,6 +4,7 @@ import ast
 import inspect
 import re
 
+import lora
 from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
@@ -35,4 +36,6 @@ def test_the_client_example_calls_infer_with_its_parameters_in_order():
     assert len(call.args) == len(names) and {k.arg: k.value.value for k in call.keywords} == {"api_name": "/infer"}
     comments = re.findall(r"# (\w+)", code.split("client.predict(")[1].split("api_name")[0])
     assert comments == names
-    app.check_inputs(*[ast.literal_eval(arg) for arg in call.args])  # the example's values are valid
+    values = [ast.literal_eval(arg) for arg in call.args]
+    app.check_inputs(*values[:7])  # the example's values are valid, and its LoRA names a Hub repo (not fetched here)
+    assert isinstance(lora.resolve(values[7], app.CONFIG.lora_dir), lora.HubLora) and lora.check_scale(values[8])
