@@ -33,6 +33,7 @@ COLDSTART = [RESULTS / f"coldstart-h200-{name}.json" for name in ("fp8", "bf16",
 STARTUP = RESULTS / "startup-cpu.json"
 ZEROGPU = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev.json"
 PIPELINE = sorted((RESULTS / "pipeline-h200").glob("*.json"))
+LORA = RESULTS / "lora-h200" / "ranks-16-64-128.json"
 PAGES = (ROOT / "bench" / "README.md", ROOT / "README.md")
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
 # The per-size table; "+cudagraph" rows are the app's default on the GPU.
@@ -264,6 +265,47 @@ def render_pipeline(paths: list[Path]) -> str:
     return "\n".join(out).rstrip()
 
 
+def lora_rows(run: dict) -> dict[tuple[str, str], dict]:
+    return {(r["precision"], r["lora"]): r for r in run["rows"]}
+
+
+def render_lora_summary(path: Path) -> str:
+    """README.md's LoRA line: per rank, the switch and what it costs a step, with FP8."""
+    run = json.loads(path.read_text())
+    rows, base = lora_rows(run), lora_rows(run)[("fp8", "none")]
+    ranks = [r["lora"] for r in run["rows"] if r["precision"] == "fp8" and r["lora"] != "none"]
+    return "\n".join([
+        "| LoRA over every attention and MLP linear | " + " | ".join(ranks) + " |", "|---|" + "---:|" * len(ranks),
+        "| switch (FP8; bf16) | " + " | ".join(f"{rows[('fp8', k)]['switch_s']:.2f} s; {rows[('bf16', k)]['switch_s']:.2f} s"
+                                            for k in ranks) + " |",
+        "| step with it fused (FP8) | " + " | ".join(f"{rows[('fp8', k)]['step_vs_base']:+.1%}" for k in ranks) + " |",
+        f"| error vs fp32 with it unfused (FP8; no LoRA: {base['rel_error']:.1e}) | "
+        + " | ".join(f"{rows[('fp8', k)]['rel_error']:.1e}" for k in ranks) + " |",
+    ])
+
+
+def render_lora(path: Path) -> str:
+    """Every row of a bench_lora run, with the card and the command."""
+    run = json.loads(path.read_text())
+    env = run["env"]
+    return "\n".join([
+        f"{env.get('card', 'CPU')}, torch {env['torch']}, diffusers {env['diffusers']}, torchao {env['torchao']}, FLUX.1-dev's "
+        f"transformer (random weights), {run['size']}: `{command(env['command'], path)}`", "",
+        "| precision | LoRA | file MB | ms / step | vs no LoRA | error vs fp32 | load, s | switch, s | same again, s | "
+        "back to none, s | GPU memory after, GiB |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {r['precision']} | {r['lora']} | {fmt(run['lora_file_mb'].get(r['lora'].removeprefix('rank ')), '.0f')} | "
+          f"{r['ms']:.1f} | {fmt(r.get('step_vs_base'), '+.1%')} | {r['rel_error']:.2e} | {fmt(r.get('load_s'), '.2f')} | "
+          f"{fmt(r.get('switch_s'), '.2f')} | {fmt(r.get('same_again_s'), '.4f')} | {fmt(r.get('to_none_s'), '.2f')} | "
+          f"{r['allocated_gib']:.1f} |" for r in run["rows"]],
+        "",
+        "From one LoRA to another (rank " + " to ".join(k.removeprefix("rank ") for k in (
+            [r["lora"] for r in run["rows"] if r["lora"] != "none"][:2])) + "): "
+        + ", ".join(f"{s:.2f} s ({p})" for p, s in run["lora_to_lora_s"].items()) + ". Back to no LoRA, the output is the "
+        "base's bit for bit: " + ", ".join(f"{p} {ok}" for p, ok in run["base_restored_bit_for_bit"].items()) + ".",
+    ])
+
+
 def render_coldstart(paths: list[Path]) -> str:
     """One table per cold-start JSON (bench_coldstart.py): seconds from process start to the first step."""
     out = []
@@ -356,6 +398,8 @@ def sections() -> dict[str, str]:
         "summary": render_summary(rows, COLDSTART[0]),
         "images": render_pipeline_summary(PIPELINE),
         "pipeline": render_pipeline(PIPELINE),
+        "loras": render_lora_summary(LORA),
+        "lora": render_lora(LORA),
         "transformer": render(rows),
         "coldstart": render_coldstart(COLDSTART),
         "startup": render_startup(STARTUP),

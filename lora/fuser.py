@@ -139,12 +139,13 @@ class LoraFuser:
     def _write(self, slot: Slot, parts: list[tuple[Factors, slice | None]], scale: float) -> None:
         master = self._master(slot)
         device = slot.live.device
-        weight = master.to(device, copy=True)
         if parts:
-            weight = weight.float()
+            weight = master.to(device, torch.float32, copy=True)
             for factors, rows in parts:
-                weight[rows if rows is not None else slice(None)] += factors.delta(device).mul_(scale)
+                factors.add_to(weight[rows if rows is not None else slice(None)], scale)
             weight = weight.to(master.dtype)
+        else:
+            weight = master.to(device, copy=True)
         if slot.fp8:
             quantized = quantized_weight(weight, self.fp8_granularity)
             slot.qdata.copy_(quantized.qdata)

@@ -48,8 +48,12 @@ class Factors:
 
     def delta(self, device: torch.device) -> torch.Tensor:
         """scaling * up @ down in float32 on `device`."""
-        up, down = self.up.to(device, torch.float32), self.down.to(device, torch.float32)
-        return (up @ down).mul_(self.scaling)
+        return self.add_to(torch.zeros(self.shape, device=device))
+
+    def add_to(self, weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """weight += scale * scaling * up @ down, in one matmul into `weight` (float32)."""
+        up, down = self.up.to(weight.device, weight.dtype), self.down.to(weight.device, weight.dtype)
+        return weight.addmm_(up, down, alpha=scale * self.scaling)
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,10 @@ def _root_factors(name: str, root: str, state: dict, alphas: dict, metadata: dic
             shapes = f"{tuple(down.shape)}, {tuple(up.shape)}"
             raise LoraError(f"{name!r}: {root}.{layer} is not a linear layer's LoRA (shapes {shapes})")
         scaling = alpha / (math.sqrt(r) if config.use_rslora else r)
-        factors[layer] = Factors(down, up, float(scaling), state.get(f"{layer}.lora_B.bias"))
+        bias = state.get(f"{layer}.lora_B.bias")
+        # Copied out of the file's memory map: the disk is read here, not by the first fuse, and a file replaced
+        # on disk cannot change (or crash) a LoRA in use.
+        factors[layer] = Factors(down.clone(), up.clone(), float(scaling), None if bias is None else bias.clone())
     return factors
 
 
