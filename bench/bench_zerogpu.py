@@ -10,6 +10,8 @@ the GPU back), then in the reused last one. Per request: the client's latency be
 itself (the GPU function's own timing), the tracked tensors' move into the worker, and the rest
 (fork, CUDA init, runner load, CUDA-graph capture). `--requantize` also times what the main process
 paid before the GPU function returned its FP8 weights: quantizing its own bf16 copy on the CPU.
+`--lora-rank R` also sends each request with a random LoRA of rank R (bench_lora's) and records the
+fuse in the worker, whose masters come from the main process's host memory.
 """
 
 from __future__ import annotations
@@ -48,6 +50,22 @@ def build_flux_dev(folder: Path) -> Path:
     pipeline.save_pretrained(folder, safe_serialization=True)
     del pipeline, transformer
     torch.cuda.empty_cache()
+    return folder
+
+
+def random_lora_folder(model: Path, rank: int, folder: Path) -> Path:
+    """A folder with one random LoRA of `rank` over the model's attention and MLP linears (bench_lora's)."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+    from safetensors.torch import save_file
+
+    from bench.bench_lora import random_lora
+
+    config = FluxTransformer2DModel.load_config(model, subfolder="transformer")
+    with torch.device("meta"):  # only the layers' shapes are read
+        transformer = FluxTransformer2DModel.from_config(config)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(random_lora(transformer, rank, seed=rank), folder / f"random-rank{rank}.safetensors")
     return folder
 
 
@@ -99,14 +117,14 @@ def one_start(label: str, folder: Path, api: harness.DeviceAPI, env: dict, reque
                 before = len(api.calls())
                 start = time.perf_counter()
                 client.predict("a photo of an astronaut riding a horse", 1, False, request["width"], request["height"],
-                               3.5, request["steps"], api_name="/infer")
+                               3.5, request["steps"], request.get("lora", ""), 1.0, api_name="/infer")
                 latency = time.perf_counter() - start
                 timing = server.events("request")[-1]
                 worker = [w for w in server.events("worker") if w["time"] > timing["time"] - latency]
                 probe = worker[0]["probe_seconds"] if worker else 0.0  # the harness's check in the worker
                 row = {
                     "worker": kind, **request, "latency_s": latency, "generation_s": timing["seconds"],
-                    "seconds_per_step": timing["seconds_per_step"],
+                    "seconds_per_step": timing["seconds_per_step"], "lora_s": timing["lora_seconds"],
                     "overhead_s": latency - timing["seconds"] - probe,  # fork, CUDA init, move, runner load, graph capture
                     "move_s": worker[0]["move_seconds"] if worker else 0.0, "harness_probe_s": probe,
                     "weights_moved": f"{worker[0]['moved']}/{worker[0]['weights']}" if worker else "",
@@ -127,13 +145,14 @@ def table(results: dict) -> str:
     for s in results["starts"]:
         lines.append(f"| {s['start']} | {s['start_to_serving_s']:.1f} s | {s['startup_worker_s']:.1f} s | "
                      f"{s['main_after_worker_s']:.1f} s | {s['pack_and_launch_s']:.1f} s | {s['compiles']} |")
-    lines += ["", "| start | worker | size, steps | latency | generation | s/step | overhead | move |",
-              "|---|---|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| start | worker | size, steps | LoRA | latency | generation | of it LoRA fuse | s/step | overhead | move |",
+              "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for s in results["starts"]:
         for r in s["requests"]:
             lines.append(
-                f"| {s['start']} | {r['worker']} | {r['width']}x{r['height']}, {r['steps']} | {r['latency_s']:.2f} s | "
-                f"{r['generation_s']:.2f} s | {r['seconds_per_step']:.3f} | {r['overhead_s']:.2f} s | {r['move_s']:.2f} s |"
+                f"| {s['start']} | {r['worker']} | {r['width']}x{r['height']}, {r['steps']} | {r.get('lora') or 'none'} | "
+                f"{r['latency_s']:.2f} s | {r['generation_s']:.2f} s | {r.get('lora_s', 0):.2f} s | "
+                f"{r['seconds_per_step']:.3f} | {r['overhead_s']:.2f} s | {r['move_s']:.2f} s |"
             )
     return "\n".join(lines)
 
@@ -147,6 +166,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", default=["1024x1024:28"], help="WIDTHxHEIGHT:STEPS")
     parser.add_argument("--starts", type=int, default=2, choices=[0, 1, 2], help="from an empty cache, then a warm one")
     parser.add_argument("--requantize", action="store_true")
+    parser.add_argument("--lora-rank", type=int, default=0, help="also send each request with a random LoRA of this rank")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
     args = parser.parse_args()
 
@@ -163,6 +183,9 @@ def main() -> None:
     requests = [dict(zip(("width", "height", "steps"), map(int, s.replace(":", "x").split("x")))) for s in args.sizes]
     api = harness.start_device_api(work)
     env = {"SPACES_ZERO_DEVICE_API_URL": api.url + "/", "AOTI_CACHE_DIR": str(work / "aoti-cache"), "FLUX_MODEL": str(model)}
+    if args.lora_rank:
+        env["FLUX_LORA_DIR"] = str(random_lora_folder(model, args.lora_rank, work / "loras"))
+        requests = [{**r, "lora": lora} for r in requests for lora in ("", f"random-rank{args.lora_rank}")]
     try:
         for label in ("empty cache", "warm cache")[: args.starts]:
             folder = work / label.replace(" ", "-")
