@@ -140,7 +140,7 @@ class LoraFuser:
         master = self._master(slot)
         device = slot.live.device
         if parts:
-            weight = master.to(device, torch.float32, copy=True)
+            weight = master.to(device).to(torch.float32, copy=True)  # moved in its own dtype, widened on the GPU
             for factors, rows in parts:
                 factors.add_to(weight[rows if rows is not None else slice(None)], scale)
             weight = weight.to(master.dtype)
@@ -162,10 +162,16 @@ class LoraFuser:
             slot.bias.copy_(bias)
 
     def _master(self, slot: Slot) -> torch.Tensor:
-        if slot.layer not in self._masters:
+        master = self._masters.get(slot.layer)
+        if master is None:
             # The live weight still holds the base: a layer is written only after its master is taken.
-            self._masters[slot.layer] = _copy_to(slot.weight, master_device(slot.weight, slot.weight.nbytes))
-        return self._masters[slot.layer]
+            master = _copy_to(slot.weight, master_device(slot.weight, slot.weight.nbytes))
+        elif master.device != slot.live.device and master_device(slot.live, master.nbytes) == slot.live.device:
+            # A host master (on ZeroGPU, the main process's, inherited by this worker) moves to the GPU on first
+            # use where it fits: this process's later switches then copy nothing from the host.
+            master = _copy_to(master, slot.live.device)
+        self._masters[slot.layer] = master
+        return master
 
     def _bias_master(self, slot: Slot) -> torch.Tensor:
         if slot.layer not in self._bias_masters:

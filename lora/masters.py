@@ -48,7 +48,7 @@ def on_zero_gpu() -> bool:
 def master_device(tensor: torch.device | torch.Tensor, nbytes: int) -> torch.device:
     """Where to keep `nbytes` of masters for weights on `tensor`'s device: that GPU while it has room, else host."""
     device = tensor.device if isinstance(tensor, torch.Tensor) else torch.device(tensor)
-    if device.type != "cuda" or on_zero_gpu():  # a forked ZeroGPU worker inherits host memory only
+    if device.type != "cuda" or not torch.cuda.is_initialized():  # ZeroGPU's main process only emulates CUDA
         return torch.device("cpu")
     free, _ = torch.cuda.mem_get_info(device)
     return device if free > nbytes + GPU_RESERVE else torch.device("cpu")
