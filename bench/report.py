@@ -32,6 +32,7 @@ TRANSFORMER = sorted((RESULTS / "h200-full").glob("*/*.json"))
 COLDSTART = [RESULTS / f"coldstart-h200-{name}.json" for name in ("fp8", "bf16", "bf16-session3")]
 STARTUP = RESULTS / "startup-cpu.json"
 ZEROGPU = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev.json"
+ZEROGPU_LORA = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev-lora.json"
 PIPELINE = sorted((RESULTS / "pipeline-h200").glob("*.json"))
 LORA = RESULTS / "lora-h200" / "ranks-16-64-128.json"
 PAGES = (ROOT / "bench" / "README.md", ROOT / "README.md")
@@ -391,6 +392,19 @@ def render_zerogpu(path: Path) -> str:
     ])
 
 
+def render_zerogpu_requests(path: Path) -> str:
+    """Each request of a bench_zerogpu run, in order: which worker served it, with which LoRA, and what it took."""
+    run = json.loads(path.read_text())
+    return "\n".join([
+        f"{run['card']}, torch {run['torch']}: `{command(run['command'], path)}`", "",
+        "| worker | LoRA | latency, s | generation, s | of it the LoRA fuse, s | s / step | move into the worker, s |",
+        "|---|---|---:|---:|---:|---:|---:|",
+        *[f"| {r['worker']} | {r.get('lora') or 'none'} | {r['latency_s']:.2f} | {r['generation_s']:.2f} | "
+          f"{r.get('lora_s', 0):.2f} | {r['seconds_per_step']:.3f} | {r['move_s']:.2f} |"
+          for start in run["starts"] for r in start["requests"]],
+    ])
+
+
 def sections() -> dict[str, str]:
     """Every generated section, by name, from the committed results."""
     rows = load(TRANSFORMER)
@@ -404,6 +418,7 @@ def sections() -> dict[str, str]:
         "coldstart": render_coldstart(COLDSTART),
         "startup": render_startup(STARTUP),
         "zerogpu": render_zerogpu(ZEROGPU),
+        "zerogpu-lora": render_zerogpu_requests(ZEROGPU_LORA),
     }
 
 
