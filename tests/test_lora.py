@@ -368,3 +368,26 @@ def test_an_eager_pipeline_takes_the_same_loras(library, base_image):
         assert np.abs(generate(pipe) - eager_image("tiny-text")).max() < PIXELS
     with fuser.applied(None):
         assert np.abs(generate(pipe) - base_image).max() < PIXELS
+
+
+def test_an_xlabs_lora_equals_diffusers_eager_lora_too(compiled, base_image, tmp_path):
+    """XLabs' format (fused q, k, v factors per block) goes through diffusers' own converter, as eager diffusers does."""
+    pipe, fuser = compiled
+    config = pipe.transformer.config
+    dim, rank = config.num_attention_heads * config.attention_head_dim, 4
+    single_in = pipe.transformer.single_transformer_blocks[0].proj_out.in_features
+    shapes = {"double_blocks.0.processor.qkv_lora1": (dim, 3 * dim), "double_blocks.0.processor.proj_lora1": (dim, dim),
+              "single_blocks.0.processor.qkv_lora": (dim, 3 * dim), "single_blocks.0.processor.proj_lora": (single_in, dim)}
+    g = torch.Generator().manual_seed(5)
+    state = {}
+    for key, (features_in, features_out) in shapes.items():
+        state[f"{key}.down.weight"] = torch.randn(rank, features_in, generator=g) * 0.3
+        state[f"{key}.up.weight"] = torch.randn(features_out, rank, generator=g) * 0.3
+    save_file(state, tmp_path / "xlabs.safetensors")
+    with fuser.applied(LoraLibrary(tmp_path).load("xlabs")):
+        image = generate(pipe)
+    eager = load_pipeline()
+    eager.load_lora_weights(str(tmp_path), weight_name="xlabs.safetensors")
+    reference = generate(eager)
+    assert np.abs(reference - base_image).max() > 20 * PIXELS  # the LoRA changes the image
+    assert np.abs(image - reference).max() < PIXELS
