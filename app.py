@@ -79,7 +79,8 @@ report = REPLICAS.report if CONFIG.ray_serve else optimize_pipeline_(
     num_inference_steps=1,
     max_sequence_length=MODEL.max_sequence_length,
 )
-startup_seconds["optimize"] = report.seconds
+if not CONFIG.ray_serve:  # else a replica optimized, not this process
+    startup_seconds["optimize"] = report.seconds
 LORAS = LoraLibrary(CONFIG.lora_dir, CONFIG.lora_cache) if CONFIG.lora else None
 FUSER = (
     LoraFuser({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}, masters, CONFIG.optimization.fp8_granularity)
