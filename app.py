@@ -34,10 +34,14 @@ CONFIG = cfg.from_env()
 
 
 def load_pipeline(config: cfg.AppConfig) -> FluxPipeline:
-    """The pipeline named by FLUX_MODEL, on its device; SystemExit with the fix if it cannot load."""
+    """The pipeline named by FLUX_MODEL, on its device; SystemExit with the fix if it cannot load.
+
+    In front of Ray Serve replicas (serve.py), only its tokenizers: the replicas hold the models.
+    """
+    models = dict.fromkeys(["transformer", "text_encoder", "text_encoder_2", "vae"]) if config.ray_serve else {}
     try:
         pipeline = FluxPipeline.from_pretrained(
-            config.model, dtype=getattr(torch, config.dtype), token=os.environ.get("HF_TOKEN") or None
+            config.model, dtype=getattr(torch, config.dtype), token=os.environ.get("HF_TOKEN") or None, **models
         )
     except Exception as error:  # missing folder, no network, gated repo without a token, ...
         raise SystemExit(
@@ -47,20 +51,26 @@ def load_pipeline(config: cfg.AppConfig) -> FluxPipeline:
             f"- or run without a GPU (or with FLUX_MODEL={cfg.EMBEDDED_MODEL}) to use the embedded tiny model."
         ) from error
     pipeline.set_progress_bar_config(desc="denoising")
-    return pipeline.to(config.device)
+    return pipeline if config.ray_serve else pipeline.to(config.device)
 
 
-log.info("loading %s on %s", CONFIG.model, CONFIG.device)
+log.info("loading %s on %s", CONFIG.model, "Ray Serve replicas" if CONFIG.ray_serve else CONFIG.device)
 with startup.stage("load", startup_seconds):
     pipe = load_pipeline(CONFIG)
-MODEL = cfg.model_defaults(pipe.transformer.config)  # FLUX.1-dev-like (guidance input) or schnell-like
+    if CONFIG.ray_serve:
+        from serve import Replicas  # Ray is imported only here: it is not a dependency of the Space
+
+        REPLICAS = Replicas.connect(CONFIG.serve)  # once a replica has loaded and optimized the pipeline
+TRANSFORMER_CONFIG = REPLICAS.transformer_config if CONFIG.ray_serve else pipe.transformer.config
+MODEL = cfg.model_defaults(TRANSFORMER_CONFIG)  # FLUX.1-dev-like (guidance input) or schnell-like
 STEPS = CONFIG.steps_for(MODEL)
 
 # Optimize ----------------------------------------------------------------------------------------
 
 # LoRAs are fused into the weights the compiled programs read, from unquantized masters kept before FP8.
-masters = keep_masters(pipe.transformer) if CONFIG.lora else None
-report = optimize_pipeline_(
+# In front of Ray Serve replicas, each replica does this; here LoRAs are only checked.
+masters = keep_masters(pipe.transformer) if CONFIG.lora and not CONFIG.ray_serve else None
+report = REPLICAS.report if CONFIG.ray_serve else optimize_pipeline_(
     pipe,
     CONFIG.optimization,
     prompt="a photo of an astronaut riding a horse",
@@ -69,14 +79,18 @@ report = optimize_pipeline_(
     num_inference_steps=1,
     max_sequence_length=MODEL.max_sequence_length,
 )
-startup_seconds["optimize"] = report.seconds
+if not CONFIG.ray_serve:  # else a replica optimized, not this process
+    startup_seconds["optimize"] = report.seconds
 LORAS = LoraLibrary(CONFIG.lora_dir, CONFIG.lora_cache) if CONFIG.lora else None
 FUSER = (
     LoraFuser({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}, masters, CONFIG.optimization.fp8_granularity)
-    if CONFIG.lora else None
+    if masters is not None else None
 )
 del masters  # the fuser holds what it needs (on ZeroGPU, as host copies)
-device_name = torch.cuda.get_device_name() if CONFIG.device.startswith("cuda") else "CPU"
+if CONFIG.ray_serve:
+    device_name = f"Ray Serve replicas ({REPLICAS.device_name})"
+else:
+    device_name = torch.cuda.get_device_name() if CONFIG.device.startswith("cuda") else "CPU"
 MODEL_NAME = "embedded tiny FLUX (random weights)" if CONFIG.embedded else CONFIG.model
 STATUS = f"**{MODEL_NAME}** on {device_name} · {report.summary()}"
 
@@ -194,6 +208,10 @@ def generate(
     return image, timing
 
 
+if CONFIG.ray_serve:
+    generate = REPLICAS.generate  # the function above, run by a replica
+
+
 def infer(
     prompt: str,
     seed: int = 0,
@@ -299,7 +317,7 @@ def example_cache_folder() -> str:
     """Gradio's example cache, one folder per model and setup: Gradio keys cached images by example index only,
     so after a change of FLUX_MODEL (or of what else changes the image) a click would serve a stale image."""
     makes_the_image = [
-        pipe.transformer.config.get("_name_or_path", ""), CONFIG.model, CONFIG.dtype, CONFIG.device,  # model and snapshot
+        TRANSFORMER_CONFIG.get("_name_or_path", ""), CONFIG.model, CONFIG.dtype, CONFIG.device,  # model and snapshot
         report.aot, report.fp8, report.attention, EXAMPLE_ROWS,
     ]
     digest = hashlib.sha256(json.dumps(makes_the_image).encode()).hexdigest()[:16]
@@ -374,7 +392,8 @@ with gr.Blocks(title="FLUX, AoT-compiled") as demo:
 
 # Launch ------------------------------------------------------------------------------------------
 
-demo.queue(default_concurrency_limit=1, max_size=CONFIG.queue_size)  # one generation at a time per GPU
+# One generation at a time per GPU: here, or in each Ray Serve replica.
+demo.queue(default_concurrency_limit=REPLICAS.capacity if CONFIG.ray_serve else 1, max_size=CONFIG.queue_size)
 
 if __name__ == "__main__":
     # 127.0.0.1 locally; Spaces set GRADIO_SERVER_NAME=0.0.0.0. On ZeroGPU, launch also packs the weights for the workers.

@@ -110,6 +110,25 @@ class OptimizationConfig:
 
 
 @dataclass(frozen=True)
+class ServeConfig:
+    """Ray Serve replicas of the pipeline (serve.py): each runs one generation at a time on its own GPU.
+
+    Autoscaled on ongoing requests, a replica's running one plus those waiting for it: above the target on
+    average, replicas are added up to `max_replicas`; below it, removed down to `min_replicas`.
+    """
+
+    min_replicas: int = field(default=1, metadata=env("SERVE_MIN_REPLICAS"))
+    max_replicas: int = field(default=4, metadata=env("SERVE_MAX_REPLICAS"))
+    target_ongoing_requests: float = field(default=1.0, metadata=env("SERVE_TARGET_ONGOING_REQUESTS"))
+    num_gpus: float = 1.0  # per replica; 0 in the cpu preset
+    num_cpus: float = 1.0  # per replica; on CPU also its torch threads (Ray sets OMP_NUM_THREADS)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_replicas <= self.max_replicas:
+            raise ValueError(f"need 1 <= SERVE_MIN_REPLICAS <= SERVE_MAX_REPLICAS, got {self.min_replicas}, {self.max_replicas}")
+
+
+@dataclass(frozen=True)
 class AppConfig:
     model: str = field(default=HUB_MODEL, metadata=env("FLUX_MODEL"))  # hub id or local folder
     device: str = field(default="cuda", metadata=env("FLUX_DEVICE"))
@@ -127,7 +146,10 @@ class AppConfig:
     # Hub LoRAs offered in the UI ("owner/name" or "owner/name:file.safetensors", comma-separated); any other
     # Hub LoRA can still be typed in or sent through the API.
     hub_loras: str = field(default="", metadata=env("FLUX_HUB_LORAS"))
+    # Set by serve.py: the pipeline runs in Ray Serve replicas; this process checks requests and serves the UI.
+    ray_serve: bool = field(default=False, metadata=env("FLUX_RAY_SERVE"))
     optimization: OptimizationConfig = OptimizationConfig()
+    serve: ServeConfig = ServeConfig()
 
     @property
     def embedded(self) -> bool:
@@ -147,7 +169,8 @@ HUB_LORAS = (
 )
 PRESETS = {
     "gpu": AppConfig(hub_loras=HUB_LORAS),
-    "cpu": AppConfig(model=EMBEDDED_MODEL, device="cpu", dtype="float32", default_steps=4, max_steps=50, lora_dir=EMBEDDED_LORAS),
+    "cpu": AppConfig(model=EMBEDDED_MODEL, device="cpu", dtype="float32", default_steps=4, max_steps=50, lora_dir=EMBEDDED_LORAS,
+                     serve=ServeConfig(num_gpus=0.0)),
 }
 
 
@@ -158,8 +181,8 @@ def from_env(environ: Mapping[str, str] = os.environ, cuda: bool | None = None) 
 
         cuda = torch.cuda.is_available()
     preset = PRESETS["gpu" if cuda else "cpu"]
-    optimization = _override(preset.optimization, environ)
-    return dataclasses.replace(_override(preset, environ), optimization=optimization)
+    optimization, serve = _override(preset.optimization, environ), _override(preset.serve, environ)
+    return dataclasses.replace(_override(preset, environ), optimization=optimization, serve=serve)
 
 
 def _override(config: Any, environ: Mapping[str, str]) -> Any:

@@ -229,9 +229,8 @@ def load_or_compile(
         programs = cache.load(key)
     if programs is not None:
         return programs, True
-    programs = compile_transformer(transformer, calls(), config, fp8, times)
-    cache.store(key, programs)
-    return programs, False
+    # Processes sharing the cache folder (Ray Serve replicas, serve.py) compile a setup once between them.
+    return cache.build_once(key, lambda: compile_transformer(transformer, calls(), config, fp8, times))
 
 
 def program_weights(

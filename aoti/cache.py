@@ -3,12 +3,16 @@
 Layout: `<folder>/<key>/entry.json` (the fingerprint, readable) and `<group>-<i>/` (see artifact.py),
 one group per compiled module kind (the transformer, or each repeated block).
 Entries are written under a temporary name and renamed into place, so concurrent startups never
-see half an entry; a damaged entry is reported, removed and compiled again. Optionally the same
-entries are pulled from and pushed to a Hugging Face Hub repository. Weights are never stored.
+see half an entry; a damaged entry is reported, removed and compiled again. Processes sharing the folder
+(replicas starting together, on one machine or on shared storage) compile a missing entry once: with
+`build_once`, a lock file next to the entry (`.<key>.lock`) lets one compile while the others wait and load.
+Optionally the same entries are pulled from and pushed to a Hugging Face Hub repository. Weights are never stored.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
@@ -16,7 +20,7 @@ import os
 import platform
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +45,14 @@ def environment(device: str) -> dict[str, Any]:
                  "(~10 s with an empty inductor cache, a few seconds after)")
         env.update(machine=platform.machine(), cpu_isa=str(pick_vec_isa()))
     return env
+
+
+def _try_lock(file) -> bool:
+    try:
+        fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
 
 
 def key_of(fingerprint: Mapping[str, Any]) -> str:
@@ -89,6 +101,34 @@ class ProgramCache:
             log.warning("rejected the cached program %s (%s); removing it and compiling again", entry, error)
             shutil.rmtree(entry, ignore_errors=True)
             return None
+
+    def build_once(
+        self, fingerprint: Mapping[str, Any], build: Callable[[], Mapping[str, Sequence[CompiledProgram]]]
+    ) -> tuple[dict[str, list[CompiledProgram]], bool]:
+        """After a miss: `build()`'s programs, stored, and False; or, when another process sharing the folder
+        stored them while this one waited for the lock, theirs and True. Of processes that miss together, one builds."""
+        key = key_of(fingerprint)
+        with self._lock(key):
+            if (self.folder / key).exists():
+                programs = self.load(fingerprint)
+                if programs is not None:
+                    return programs, True
+            programs = {group: list(members) for group, members in build().items()}
+            self.store(fingerprint, programs)
+        return programs, False
+
+    @contextlib.contextmanager
+    def _lock(self, key: str) -> Iterator[None]:
+        # flock: released by the kernel when its holder dies, so a killed compile blocks no one; over NFS
+        # Linux maps it to a byte-range lock that every client sees. The file stays: removing it would race.
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / f".{key}.lock", "a") as lock:
+            if _try_lock(lock):
+                yield
+                return
+            log.info("another process is compiling this setup; waiting for its entry in %s", self.folder)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            yield
 
     def store(self, fingerprint: Mapping[str, Any], programs: Mapping[str, Sequence[CompiledProgram]]) -> Path:
         """Save the programs for this fingerprint, by group (a name per compiled module kind).

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import zipfile
 
 import huggingface_hub
@@ -144,6 +145,35 @@ def test_concurrent_writers_leave_one_valid_entry(compiled_program, tmp_path):
         assert writer.exitcode == 0
     assert aoti.ProgramCache(tmp_path).load(FINGERPRINT) == {"transformer": [compiled_program]}
     assert [p.name for p in tmp_path.iterdir()] == [key_of(FINGERPRINT)]
+
+
+def load_or_build_in_child(folder, program, builds, results):
+    def build():
+        with open(builds, "a") as f:
+            f.write("built\n")
+        time.sleep(2)  # a compile: long enough for the other process to miss and wait
+        return {"transformer": [program]}
+
+    cache = aoti.ProgramCache(folder)
+    loaded = cache.load(FINGERPRINT)
+    programs, cached = (loaded, True) if loaded is not None else cache.build_once(FINGERPRINT, build)
+    results.put((programs == {"transformer": [program]}, cached))
+
+
+def test_processes_that_miss_together_compile_once(compiled_program, tmp_path):
+    """Two replicas starting at once on one cache folder: one compiles, the other waits and loads its entry."""
+    context = multiprocessing.get_context("fork")
+    results, builds = context.Queue(), tmp_path / "builds"
+    racers = [context.Process(target=load_or_build_in_child, args=(tmp_path / "cache", compiled_program, builds, results))
+              for _ in range(2)]
+    for racer in racers:
+        racer.start()
+    outcomes = sorted(results.get(timeout=120) for _ in racers)
+    for racer in racers:
+        racer.join(timeout=30)
+        assert racer.exitcode == 0
+    assert builds.read_text() == "built\n"
+    assert outcomes == [(True, False), (True, True)]  # both got the programs; exactly one compiled them
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
 SECTIONS = ["Duplicate this Space", "Two commands", "Call it from a program", "Settings", "How it works", "Speed",
-            "ZeroGPU", "Troubleshooting"]
+            "ZeroGPU", "Beyond one GPU", "Troubleshooting"]
 
 
 def test_readme_is_short_and_in_the_order_a_space_author_needs():
