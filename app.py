@@ -169,7 +169,8 @@ def _lora(name: Any, scale: Any) -> tuple[str, float]:
 def gpu_seconds(
     prompt: str, seed: int, width: int, height: int, guidance: float, steps: int, lora: str, lora_scale: float
 ) -> int:
-    """ZeroGPU time to reserve: about 0.3 s per step per 1024x1024 image on an H200, plus margin (a LoRA switch included)."""
+    """ZeroGPU time to reserve: about 0.3 s per step per 1024x1024 image on an H200, plus a margin for the rest
+    (fork, the weights' move, a LoRA switch)."""
     megapixels = max(width * height, 1024 * 1024) / (1024 * 1024)
     return int(10 + steps * 0.3 * megapixels**1.2)
 

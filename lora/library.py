@@ -46,10 +46,6 @@ class Factors:
     def shape(self) -> tuple[int, int]:
         return self.up.shape[0], self.down.shape[1]
 
-    def delta(self, device: torch.device) -> torch.Tensor:
-        """scaling * up @ down in float32 on `device`."""
-        return self.add_to(torch.zeros(self.shape, device=device))
-
     def add_to(self, weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
         """weight += scale * scaling * up @ down, in one matmul into `weight` (float32)."""
         up, down = self.up.to(weight.device, weight.dtype), self.down.to(weight.device, weight.dtype)

@@ -35,16 +35,6 @@ def keep_masters(transformer: torch.nn.Module, root: str = "transformer") -> dic
     return masters
 
 
-def on_zero_gpu() -> bool:
-    """ZeroGPU: the main process has no real GPU and must not initialise CUDA; workers are forked from it."""
-    try:
-        import spaces.config
-
-        return bool(spaces.config.Config.zero_gpu)
-    except Exception:
-        return False
-
-
 def master_device(tensor: torch.device | torch.Tensor, nbytes: int) -> torch.device:
     """Where to keep `nbytes` of masters for weights on `tensor`'s device: that GPU while it has room, else host."""
     device = tensor.device if isinstance(tensor, torch.Tensor) else torch.device(tensor)
@@ -55,12 +45,13 @@ def master_device(tensor: torch.device | torch.Tensor, nbytes: int) -> torch.dev
 
 
 def settle(masters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`masters` moved to host memory when the GPU they are on lacks room for them (or is ZeroGPU's)."""
+    """`masters` moved to host memory when the GPU they are on lacks room for them (or is only emulated, as in
+    ZeroGPU's main process)."""
     on_gpu = [t for t in masters.values() if t.device.type == "cuda"]
     if not on_gpu:
         return masters
-    # They are already on the GPU: what is free now is what is left beside them.
-    if on_zero_gpu() or torch.cuda.mem_get_info(on_gpu[0].device)[0] < GPU_RESERVE:
+    # They are already on the GPU: what is free now is what is left beside them, so they need no more.
+    if master_device(on_gpu[0], 0) != on_gpu[0].device:
         log.info("LoRA masters: %.1f GB moved to host memory", sum(t.nbytes for t in on_gpu) / 1e9)
         return {name: t.to("cpu") for name, t in masters.items()}
     return masters

@@ -296,7 +296,11 @@ def test_fp8_layers_get_the_quantized_sum_of_master_and_lora_and_back(fp8_compil
         for slot in fp8_slots:
             factors = style.factors.get(slot.layer)
             master = fuser._masters[slot.layer]
-            expected = master if factors is None else (master.float() + 0.9 * factors.delta(master.device)).to(master.dtype)
+            if factors is None:
+                expected = master
+            else:  # W + scale * scaling * B @ A, in float32, then the master's dtype
+                fused = torch.addmm(master.float(), factors.up.float(), factors.down.float(), alpha=0.9 * factors.scaling)
+                expected = fused.to(master.dtype)
             quantized = fp8.quantized_weight(expected, "row")
             assert torch.equal(slot.qdata.view(torch.uint8), quantized.qdata.view(torch.uint8)), slot.layer
             assert torch.equal(slot.scale, quantized.scale), slot.layer
