@@ -23,6 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -33,10 +34,12 @@ import torchao
 from diffusers import FluxPipeline
 
 import aoti
+from attention import DEFAULT as SDPA
 from attention import set_attention_backend
 from compile_options import compiler_options
 from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, OptimizationConfig
 from fp8 import fp8_unavailable, is_fp8, quantize_fp8_
+from fp8_kernels import fuse_single_block_quantization_, sdpa_as_fp8
 from startup import stage
 
 log = logging.getLogger(__name__)
@@ -139,6 +142,8 @@ def compiled_options(config: OptimizationConfig, fp8: bool, attention: str) -> d
     decided = {
         "fp8": fp8,
         "fp8_granularity": config.fp8_granularity if fp8 else None,
+        "fp8_fused_quantization": fp8 and config.fp8_granularity == "row" and config.fp8_fused_quantization,
+        "fp8_attention": fp8 and attention == SDPA and config.fp8_attention,  # other backends don't call SDPA
         "attention_backend": attention,
         "dynamic": asdict(IMAGE_SEQ) if config.dynamic else None,  # range and step of the image tokens
         "static_sizes": config.static_resolutions,
@@ -184,6 +189,8 @@ def prepare_transformer_(
                 for module in modules:
                     if not is_fp8(module):
                         quantize_fp8_(module, config.fp8_granularity)
+            if config.fp8_fused_quantization:  # only finds per-row FP8 single blocks
+                fuse_single_block_quantization_(transformer)
 
 
 def compile_transformer(
@@ -204,7 +211,8 @@ def compile_transformer(
     text_tokens = calls[0].kwargs["encoder_hidden_states"].shape[1]  # the model's max_sequence_length
     axes = block_axes(text_tokens) if config.regional else DYNAMIC_AXES
     dynamic = [None] * (len(calls) - 1) + [axes if config.dynamic else None]
-    with stage("export", times):
+    # FP8 attention is recorded into the programs: export sees diffusers' SDPA calls run in FP8.
+    with stage("export", times), sdpa_as_fp8() if fp8 and config.fp8_attention else nullcontext():
         exported = {
             kind: [aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional)
                    for call, dims in zip(kind_calls, dynamic)]

@@ -1,0 +1,193 @@
+"""fp8_kernels/: the fused single-block quantization and FP8 attention.
+
+On CPU the ops run their torch path, so these tests check the math against what each op replaces,
+that torch.export records the ops and AOTInductor compiles them, and that calls the kernels cannot
+serve fall back. torchao refuses FP8 without a capable GPU; the tests bypass that check, as
+test_fp8.py does. The `cuda` tests compare the Triton kernels with the torch path on the GPU
+machine (bench/results/kernels-h200/ has their run).
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchao.quantization.quant_api as quant_api
+from diffusers import FluxTransformer2DModel
+from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
+
+import aoti
+import optimization
+from config import OptimizationConfig
+from conftest import rel_error
+from fp8 import quantize_fp8_
+from fp8_kernels import attention, fuse_single_block_quantization_, quantize, sdpa_as_fp8
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
+
+
+@pytest.fixture
+def fp8_on_cpu(monkeypatch):
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+
+
+def single_block(device="cpu"):
+    torch.manual_seed(0)
+    block = FluxSingleTransformerBlock(dim=256, num_attention_heads=2, attention_head_dim=128)
+    return block.to(device, torch.bfloat16).eval().requires_grad_(False)
+
+
+def block_inputs(device="cpu", tokens=64):
+    g = torch.Generator(device).manual_seed(1)
+    return [torch.randn(*shape, generator=g, device=device).to(torch.bfloat16)
+            for shape in ((1, tokens, 256), (1, 16, 256), (1, 256))]
+
+
+def normed_qkv(tokens, device="cpu", heads=2, head_dim=128):
+    """q, k RMS-normalized per head as FLUX's are; [B, H, S, D] views of [B, S, H, D] memory, as diffusers passes them."""
+    g = torch.Generator(device).manual_seed(tokens)
+    q, k, v = (torch.randn(1, tokens, heads, head_dim, generator=g, device=device).transpose(1, 2) for _ in range(3))
+    return F.rms_norm(q, (head_dim,)), F.rms_norm(k, (head_dim,)), v
+
+
+def test_fused_single_block_equals_torchao_bit_for_bit(fp8_on_cpu):
+    block = single_block()
+    quantize_fp8_(block, "row")
+    args = block_inputs()
+    with torch.no_grad():
+        expected = block(*args)
+        holder = torch.nn.Module()
+        holder.single_transformer_blocks = torch.nn.ModuleList([block])
+        assert fuse_single_block_quantization_(holder) == 1
+        assert fuse_single_block_quantization_(holder) == 1  # again: the same forward, not wrapped twice
+        fused = block(*args)
+    for out, ref in zip(fused, expected):
+        assert torch.equal(out, ref)
+
+
+def test_only_per_row_fp8_blocks_are_fused(fp8_on_cpu):
+    bf16, per_tensor = single_block(), single_block()
+    quantize_fp8_(per_tensor, "tensor")
+    holder = torch.nn.Module()
+    holder.single_transformer_blocks = torch.nn.ModuleList([bf16, per_tensor])
+    assert fuse_single_block_quantization_(holder) == 0
+    assert "forward" not in vars(bf16) and "forward" not in vars(per_tensor)
+
+
+def test_fp8_attention_is_close_to_fp32_sdpa():
+    q, k, v = normed_qkv(300)
+    expected = F.scaled_dot_product_attention(q, k, v)
+    out = attention.scaled_dot_product_attention_fp8(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert out.dtype == torch.bfloat16 and out.shape == expected.shape
+    # FP8 keeps 3 mantissa bits: a few percent per attention call on random data (the transformer's
+    # error against fp32 is what decides whether it is on by default: bench/NOTES.md).
+    assert rel_error(out.float(), expected) < 0.06
+
+
+@pytest.mark.parametrize("case", ["mask", "causal", "head_dim_48"])
+def test_fp8_attention_leaves_other_calls_to_sdpa(case):
+    head_dim = 48 if case == "head_dim_48" else 128
+    q, k, v = (x.bfloat16() for x in normed_qkv(40, head_dim=head_dim))
+    kwargs = {"mask": dict(attn_mask=torch.ones(40, 40, dtype=torch.bool).tril()), "causal": dict(is_causal=True),
+              "head_dim_48": {}}[case]
+    expected = F.scaled_dot_product_attention(q, k, v, **kwargs)
+    assert torch.equal(attention.scaled_dot_product_attention_fp8(q, k, v, **kwargs), expected)
+
+
+def test_sdpa_is_restored_after_the_swap():
+    original = F.scaled_dot_product_attention
+    with pytest.raises(RuntimeError, match="inside"):
+        with sdpa_as_fp8():
+            assert F.scaled_dot_product_attention is attention.scaled_dot_product_attention_fp8
+            raise RuntimeError("inside")
+    assert F.scaled_dot_product_attention is original
+
+
+def test_export_records_the_fp8_ops(fp8_on_cpu):
+    block = single_block()
+    quantize_fp8_(block, "row")
+    holder = torch.nn.Module()
+    holder.single_transformer_blocks = torch.nn.ModuleList([block])
+    fuse_single_block_quantization_(holder)
+    with aoti.weights.unwrapped_subclasses(block), sdpa_as_fp8():
+        program = torch.export.export(block, tuple(block_inputs()), strict=False)
+    targets = {str(node.target) for node in program.graph.nodes}
+    assert {"flux_fast.gelu_cat_quantize.default", "flux_fast.fp8_attention.default"} <= targets
+
+
+def tiny_transformer():
+    """FLUX-shaped, with a head size the FP8 attention serves (32; the embedded model's is 16)."""
+    torch.manual_seed(0)
+    model = FluxTransformer2DModel(
+        patch_size=1, in_channels=64, num_layers=1, num_single_layers=2, attention_head_dim=32, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(8, 12, 12),
+    )
+    return model.to(torch.bfloat16).eval().requires_grad_(False)
+
+
+def transformer_call(h, w, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(h, w, 3)
+    ids[..., 1] = torch.arange(h)[:, None]
+    ids[..., 2] = torch.arange(w)[None, :]
+    bf16 = torch.bfloat16
+    return dict(
+        hidden_states=torch.randn(1, h * w, 64, generator=g).to(bf16), timestep=torch.full((1,), 0.5, dtype=bf16),
+        guidance=torch.full((1,), 4.0), pooled_projections=torch.randn(1, 32, generator=g).to(bf16),
+        encoder_hidden_states=torch.randn(1, 16, 32, generator=g).to(bf16), txt_ids=torch.zeros(16, 3, dtype=bf16),
+        img_ids=ids.reshape(h * w, 3).to(bf16), joint_attention_kwargs={}, return_dict=False,
+    )
+
+
+def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_cpu):
+    """Against fp32: FP8 noise is large on a tiny random model (5%), so the compiled program is held to
+    eager FP8's own error rather than compared with it value by value."""
+    config = OptimizationConfig(cache=False, attention_backend="native", fp8_fused_quantization=True, fp8_attention=True)
+    reference = tiny_transformer().float()
+    eager = tiny_transformer()
+    quantize_fp8_(eager, "row")
+    model = tiny_transformer()
+    programs = optimization.compile_transformer(model, [aoti.CapturedCall((), transformer_call(16, 16))], config, True)
+    optimization.apply_programs_(model, programs, config, True)
+    for h, w in [(16, 16), (16, 24)]:  # the captured size and another one of the dynamic range
+        call = transformer_call(h, w, seed=h * w)
+        with torch.no_grad():
+            expected = reference(**{k: v.float() if torch.is_tensor(v) else v for k, v in call.items()})[0]
+            eager_error = rel_error(eager(**call)[0].float(), expected)
+            assert rel_error(model(**call)[0].float(), expected) < 1.25 * eager_error
+
+
+def test_fp8_options_are_part_of_the_cache_key():
+    base = OptimizationConfig()
+    options = lambda config, fp8=True, attention="native": optimization.compiled_options(config, fp8, attention)  # noqa: E731
+    fused = OptimizationConfig(fp8_fused_quantization=not base.fp8_fused_quantization)
+    assert options(fused) != options(base)
+    with_attention = OptimizationConfig(fp8_attention=True)
+    without = OptimizationConfig(fp8_attention=False)
+    assert options(with_attention) != options(without)
+    # Where they cannot apply they are recorded as off: the same programs are compiled.
+    assert options(with_attention, fp8=False) == options(without, fp8=False)
+    assert options(with_attention, attention="_flash_3_hub") == options(without, attention="_flash_3_hub")
+
+
+@cuda
+@pytest.mark.parametrize("tokens", [1536, 4544])
+def test_quantize_kernel_matches_torchao(tokens):
+    g = torch.Generator("cuda").manual_seed(0)
+    attn = torch.randn(1, tokens, 3072, generator=g, device="cuda").bfloat16()
+    mlp = (2 * torch.randn(1, tokens, 12288, generator=g, device="cuda")).bfloat16()
+    data, scale = quantize.gelu_cat_quantize(attn, mlp)
+    ref_data, ref_scale = quantize.reference(attn, mlp)
+    assert torch.equal(scale, ref_scale)
+    # Only GELU's own rounding may differ (a sigmoid form of the same tanh): a few values in 10^4.
+    assert (data.view(torch.uint8) != ref_data.view(torch.uint8)).float().mean() < 1e-3
+
+
+@cuda
+@pytest.mark.parametrize("tokens", [1536, 4544])  # 4544 = 1344x768: the last key tile is partial
+def test_attention_kernel_matches_its_torch_path(tokens):
+    q, k, v = (x.bfloat16() for x in normed_qkv(tokens, device="cuda", heads=24))
+    q8, q_scale = attention.quantize_per_head(q)
+    k8, k_scale = attention.quantize_per_head(k)
+    vt8, v_scale = attention.quantize_value(v)
+    out = attention.fp8_attention(q8, k8, vt8, q_scale, k_scale, v_scale, 128 ** -0.5)
+    expected = attention.reference(q8, k8, vt8, q_scale, k_scale, v_scale, 128 ** -0.5)
+    assert rel_error(out.float(), expected.float()) < 0.02  # the kernel's only extra rounding: P in FP8
