@@ -23,6 +23,8 @@ HARMLESS = [
     ("torchao", "Failed to load "),
     # A CPU-only torch comes without Triton: torchao's Triton int8 matmuls, never used here, are missing.
     ("torchao.kernel.intmm", "Detected no triton"),
+    # Nor for our FP8 kernels' ops (fp8_kernels/), which run their torch path there.
+    ("torch._library.triton", "Triton not available, find_triton_kernels"),
     # torchao registers its enums as pytree constants at import; torch now supports them without that.
     ("torch.utils._pytree", "is an Enum subclass and is now natively supported by torch.compile"),
     # Optional image processors (IP-Adapter inputs) that FLUX text-to-image never builds.

@@ -39,7 +39,8 @@ PAGES = (ROOT / "bench" / "README.md", ROOT / "README.md")
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
 # The per-size table; "+cudagraph" rows are the app's default on the GPU.
 SUMMARY = (
-    "eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row+cudagraph", "aot_fp8_row", "torch_compile_fp8",
+    "eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row_fusedq+cudagraph", "aot_fp8_row_fusedq",
+    "aot_fp8_row+cudagraph", "aot_fp8_row", "torch_compile_fp8",
 )
 SHORT = {"coordinate_descent_tuning": "CD", "coordinate_descent_check_all_directions": "all directions",
          "split_reductions": "split reductions"}
@@ -47,7 +48,8 @@ SHORT = {"coordinate_descent_tuning": "CD", "coordinate_descent_check_all_direct
 BUILD_ONLY = {"aot_inductor.compile_wrapper_opt_level"}
 # README.md's summary: column title, rung.
 SPEED = {"eager bf16": "eager", "`torch.compile` + FP8": "torch_compile_fp8",
-         "this template (AoT, FP8, CUDA graphs)": "aot_fp8_row+cudagraph"}
+         "this template (AoT, FP8, CUDA graphs)": "aot_fp8_row_fusedq+cudagraph"}
+KERNELS = RESULTS / "kernels-h200" / "kernels.json"
 
 
 def natural(path: Path) -> list:
@@ -231,15 +233,20 @@ def workload_label(row: dict) -> str:
 
 
 def render_pipeline_summary(paths: list[Path]) -> str:
-    """README.md's seconds per image: eager against the app's default (AoT), as ranges over the runs."""
+    """README.md's seconds per image: eager, torch.compile + FP8 and the app's default (AoT), as ranges over the runs."""
     rows = pipeline_rows(paths)
-    lines = ["| image (whole pipeline) | eager bf16 | this template | images per minute |", "|---|---:|---:|---:|"]
+    lines = ["| image | eager bf16 | `torch.compile` + FP8 | this template | images / min |", "|---|---:|---:|---:|---:|"]
+
+    def cell(found: list[dict]) -> str:
+        if not found:
+            return "not measured"
+        return f"{span([r['seconds'] for r in found], '.2f')} s ({span([r['speedup'] for r in found], '.2f')}x)"
+
     for workload in dict.fromkeys(r["workload"] for r in rows):
-        eager = [r for r in rows if r["workload"] == workload and r["variant"] == "eager"]
-        aot = [r for r in rows if r["workload"] == workload and r["variant"] == "aot"]
+        eager, compiled, aot = ([r for r in rows if r["workload"] == workload and r["variant"] == variant]
+                                for variant in ("eager", "torch_compile_fp8", "aot"))
         lines.append(
-            f"| {workload_label(aot[0])} | {span([r['seconds'] for r in eager], '.2f')} s | "
-            f"{span([r['seconds'] for r in aot], '.2f')} s ({span([r['speedup'] for r in aot], '.2f')}x) | "
+            f"| {workload_label(aot[0])} | {span([r['seconds'] for r in eager], '.2f')} s | {cell(compiled)} | {cell(aot)} | "
             f"{span([r['images_per_minute'] for r in eager], '.0f')} -> {span([r['images_per_minute'] for r in aot], '.0f')} |"
         )
     return "\n".join(lines)
@@ -264,6 +271,22 @@ def render_pipeline(paths: list[Path]) -> str:
             "",
         ]
     return "\n".join(out).rstrip()
+
+
+def render_kernels(path: Path) -> str:
+    """bench_kernels: each FP8 kernel against what it replaces, at FLUX.1-dev's shapes."""
+    run = json.loads(path.read_text())
+    env = run["env"]
+    lines = [
+        f"{env.get('card', 'CPU')}, torch {env['torch']}: `{command(env['command'], path)}`; median of 50 CUDA-event "
+        "timings. Error: attention against fp32 SDPA; quantization, the share of FP8 bytes unlike torchao's.", "",
+        "| size | kernel | variant | ms | vs first row | error |", "|---|---|---|---:|---:|---:|",
+    ]
+    for r in run["rows"]:
+        if "ms" in r:
+            err = r["rel_error"] if "rel_error" in r else 1 - r["bytes_equal"]
+            lines.append(f"| {r['size']} | {r['kernel']} | {r['variant']} | {r['ms']:.3f} | {r['speedup']:.2f}x | {err:.1e} |")
+    return "\n".join(lines)
 
 
 def lora_rows(run: dict) -> dict[tuple[str, str], dict]:
@@ -415,6 +438,8 @@ def sections() -> dict[str, str]:
         "loras": render_lora_summary(LORA),
         "lora": render_lora(LORA),
         "transformer": render(rows),
+        "kernels": render_kernels(KERNELS),
+        "kernels-in-blocks": render(load([RESULTS / "h200-2x4" / "fp8-kernels.json"])),
         "coldstart": render_coldstart(COLDSTART),
         "startup": render_startup(STARTUP),
         "zerogpu": render_zerogpu(ZEROGPU),

@@ -6,6 +6,10 @@ FlashAttention-3 build (`flash_attn_interface`), which PyPI does not carry (the 
 empty placeholder). So the kernel lives in this repository, after the fused-attention tutorial of
 Triton (triton-lang/triton, `python/tutorials/06-fused-attention.py`, MIT).
 
+Off by default: on an H200 it is 1.07x cuDNN's bf16 attention alone, slower once q, k and v are
+quantized, with 23x its error (bench/README.md, "FP8 kernels"). The op and the export-time swap of
+SDPA are the place for a faster kernel.
+
 Scales: q and k per head (FLUX's q and k come out of an RMSNorm, so their magnitudes are even
 across tokens), v per head and channel (applied once to the output). Softmax probabilities are
 stored as FP8 times 256 so that small ones keep their precision; the sum they are divided by stays
