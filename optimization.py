@@ -330,8 +330,10 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         cuda_graphs = config.cuda_graphs and transformer.device.type == "cuda"
         if cuda_graphs:  # captured per resolution on its second step, inside the request's GPU function
             transformer.forward = aoti.CUDAGraphs(transformer.forward)
+    fp8_attention = compiled_options(config, compiled.fp8, compiled.attention)["fp8_attention"]
     report = OptimizationReport(
-        aot=True, fp8=compiled.fp8, dtype=dtype, attention=compiled.attention, regional=config.regional,
+        aot=True, fp8=compiled.fp8, dtype=dtype, attention=compiled.attention + " in FP8" * fp8_attention,
+        regional=config.regional,
         graphs=len(config.static_resolutions) + 1, cuda_graphs=cuda_graphs, cached=compiled.cached,
         seconds=time.perf_counter() - start,
         package_mb=sum(len(p.package) for group in compiled.programs.values() for p in group) / 1e6, stages=stages,

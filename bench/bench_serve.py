@@ -1,6 +1,7 @@
 """Ray Serve (serve.py) against the plain app: latency per request, images per minute, a new replica's start.
 
     python -m bench.bench_serve --json bench/results/serve-h200.json --replicas 1         # overhead on one GPU
+    python -m bench.bench_serve --json out/serve.json --replicas 1 --model flux-dev      # the same, without the Hub
     python -m bench.bench_serve --json bench/results/serve-h200x4.json --replicas 4       # throughput on four
     python -m bench.bench_serve --json out/serve-cpu.json --model embedded --size 256 --steps 2   # CPU smoke run
 
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from bench.bench_zerogpu import build_flux_dev
 from config import EMBEDDED_MODEL
 from tests.serve_harness import Served
 from tests.zerogpu import harness
@@ -79,8 +81,9 @@ def ray_serve(folder: Path, env: dict[str, str], args: argparse.Namespace) -> di
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=["default", "embedded"], default="default",
-                        help="default: the preset's (FLUX.1-dev with a GPU); embedded: the tiny model, for a CPU smoke run")
+    parser.add_argument("--model", choices=["default", "embedded", "flux-dev"], default="default",
+                        help="default: the preset's (FLUX.1-dev with a GPU); embedded: the tiny model, for a CPU smoke run; "
+                             "flux-dev: FLUX.1-dev's transformer with random weights (a GPU machine without the Hub)")
     parser.add_argument("--replicas", type=int, default=2)
     parser.add_argument("--requests", type=int, default=8)
     parser.add_argument("--size", type=int, default=1024)
@@ -89,6 +92,8 @@ def main() -> None:
     args = parser.parse_args()
     env = {"FLUX_MODEL": EMBEDDED_MODEL} if args.model == "embedded" else {}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as folder:
+        if args.model == "flux-dev":
+            env = {"FLUX_MODEL": str(build_flux_dev(Path(folder) / "flux-dev-random"))}
         plain = plain_app(Path(folder) / "plain", env, args)
         served = ray_serve(Path(folder) / "serve", env, args)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
