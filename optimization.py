@@ -129,6 +129,16 @@ def compiled_modules(transformer: torch.nn.Module, regional: bool) -> dict[str, 
     return {kind: [m for m in transformer.modules() if type(m).__name__ == kind] for kind in kinds}
 
 
+# The double blocks' linear layers that only see the text tokens (512 rows): cuBLAS's FP8 GEMMs are slow at that size.
+TEXT_STREAM = frozenset({"add_q_proj", "add_k_proj", "add_v_proj", "to_added_qkv", "to_add_out"})
+
+
+def text_stream(name: str) -> bool:
+    """Whether the linear layer `name` (a qualified name) belongs to a double block's text stream."""
+    parts = name.split(".")
+    return parts[-1] in TEXT_STREAM or "ff_context" in parts
+
+
 # Options that change how programs are served or stored, not what is compiled: left out of the cache key.
 SERVING_OPTIONS = frozenset({"aot", "cuda_graphs", "cache", "cache_dir", "hub_repo"})
 
@@ -143,6 +153,7 @@ def compiled_options(config: OptimizationConfig, fp8: bool, attention: str) -> d
         "fp8": fp8,
         "fp8_granularity": config.fp8_granularity if fp8 else None,
         "fp8_fused_quantization": fp8 and config.fp8_granularity == "row" and config.fp8_fused_quantization,
+        "fp8_text_stream": config.fp8_text_stream if fp8 else None,
         "fp8_attention": fp8 and attention == SDPA and config.fp8_attention,  # other backends don't call SDPA
         "attention_backend": attention,
         "dynamic": asdict(IMAGE_SEQ) if config.dynamic else None,  # range and step of the image tokens
@@ -188,7 +199,7 @@ def prepare_transformer_(
             for modules in compiled_modules(transformer, config.regional).values():
                 for module in modules:
                     if not is_fp8(module):
-                        quantize_fp8_(module, config.fp8_granularity)
+                        quantize_fp8_(module, config.fp8_granularity, keep=None if config.fp8_text_stream else text_stream)
             if config.fp8_fused_quantization:  # only finds per-row FP8 single blocks
                 fuse_single_block_quantization_(transformer)
 

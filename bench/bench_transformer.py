@@ -54,6 +54,7 @@ class Rung:
     static: bool = False  # static graphs for --static-sizes beside the dynamic one
     fused_quant: bool = False  # the single blocks' one-pass GELU + concat + FP8 quantization
     fp8_attention: bool = False
+    fp8_text_stream: bool = True  # off: the double blocks' text-stream linears stay bf16
     inductor: tuple[tuple[str, Any], ...] = ()  # options over the run's, to compare one in the same process
 
 
@@ -72,6 +73,7 @@ RUNGS = {
     "aot_fp8_row_static": Rung("aot", fp8="row", static=True),
     "aot_fp8_row_split": Rung("aot", fp8="row", inductor=(("split_reductions", True),)),  # the default before session 7
     "aot_fp8_row_fusedq": Rung("aot", fp8="row", fused_quant=True),
+    "aot_fp8_row_fusedq_bf16text": Rung("aot", fp8="row", fused_quant=True, fp8_text_stream=False),
     "aot_fp8_row_fp8attn": Rung("aot", fp8="row", fp8_attention=True),
     "aot_fp8_row_fusedq_fp8attn": Rung("aot", fp8="row", fused_quant=True, fp8_attention=True),
     # Inductor benchmarks Triton templates against cuBLAS for each GEMM shape at compile time.
@@ -324,12 +326,12 @@ def run_rung(
 ) -> None:
     config = OptimizationConfig(
         fp8_granularity=rung.fp8 or "row", regional=rung.regional, fuse_qkv=rung.fuse_qkv, cache=False,
-        fp8_fused_quantization=rung.fused_quant, fp8_attention=rung.fp8_attention,
+        fp8_fused_quantization=rung.fused_quant, fp8_attention=rung.fp8_attention, fp8_text_stream=rung.fp8_text_stream,
         attention_backend=rung.attention, inductor_configs={**inductor, **dict(rung.inductor)}, static_sizes=static_sizes,
     )
     attention = set_attention_backend(model, config.attention_backend)
     extra = dict(attention=attention, fp8=rung.fp8, regional=rung.regional, static_sizes=static_sizes,
-                 fused_quant=rung.fused_quant, fp8_attention=rung.fp8_attention)
+                 fused_quant=rung.fused_quant, fp8_attention=rung.fp8_attention, fp8_text_stream=rung.fp8_text_stream)
     if rung.kind == "eager":
         measure(name, model, extra)
         return

@@ -75,6 +75,24 @@ def test_fp8_quantize_export_compile_apply(monkeypatch, bf16_image, regional):
     assert error < 0.05, f"FP8 image differs from bf16 by {error:.3f}"
 
 
+def test_the_text_stream_can_stay_bf16(monkeypatch, bf16_image):
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    monkeypatch.setattr(optimization, "fp8_unavailable", lambda *args: None)
+    pipe = load_pipeline(torch.bfloat16)
+    optimization.optimize_pipeline_(
+        pipe, OptimizationConfig(fp8_granularity="row", fp8_text_stream=False, cache=False), prompt="example", width=512,
+        height=512, num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
+    )
+    weights = pipe.transformer.transformer_blocks[0].forward.weights
+    for name in ("attn.add_q_proj", "attn.to_add_out", "ff_context.net.2"):  # the text tokens' layers: bf16
+        assert weights[f"{name}.weight"].dtype == torch.bfloat16, name
+    for name in ("attn.to_q", "ff.net.2", "norm1_context.linear"):  # the rest, modulation included: FP8
+        assert weights[f"{name}.parametrizations.weight.original0"].dtype == torch.float8_e4m3fn, name
+    image = generate(pipe)
+    error = np.linalg.norm(image - bf16_image) / np.linalg.norm(bf16_image)
+    assert error < 0.05, f"image differs from bf16 by {error:.3f}"
+
+
 def test_unwrapping_fp8_parameters_is_undone_exactly(monkeypatch):
     from torchao.quantization import Float8Tensor
 

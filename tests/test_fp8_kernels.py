@@ -166,6 +166,8 @@ def test_fp8_options_are_part_of_the_cache_key():
     # Where they cannot apply they are recorded as off: the same programs are compiled.
     assert options(with_attention, fp8=False) == options(without, fp8=False)
     assert options(with_attention, attention="_flash_3_hub") == options(without, attention="_flash_3_hub")
+    bf16_text = OptimizationConfig(fp8_text_stream=False)
+    assert options(bf16_text) != options(base) and options(bf16_text, fp8=False) == options(base, fp8=False)
 
 
 @cuda

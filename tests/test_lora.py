@@ -310,6 +310,24 @@ def test_fp8_layers_get_the_quantized_sum_of_master_and_lora_and_back(fp8_compil
         assert np.array_equal(generate(pipe), base_image)
 
 
+def test_a_bf16_text_stream_in_fp8_blocks_takes_the_lora_too(library, monkeypatch):
+    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    monkeypatch.setattr(optimization, "fp8_unavailable", lambda *args: None)
+    pipe, fuser = compiled_pipeline(torch.bfloat16, fp8_granularity="row", fp8_text_stream=False)
+    text, image = fuser.slots["transformer.transformer_blocks.0.attn.add_q_proj"], fuser.slots[
+        "transformer.transformer_blocks.0.attn.to_q"]
+    assert not text.fp8 and image.fp8  # one block, both precisions
+    base = live_weights(fuser)
+    style = library.load("tiny-style")
+    with fuser.applied(style, 0.9):
+        factors = style.factors[text.layer]
+        master = fuser._masters[text.layer]
+        expected = torch.addmm(master.float(), factors.up.float(), factors.down.float(), alpha=0.9 * factors.scaling)
+        assert torch.equal(text.weight, expected.to(text.weight.dtype))
+    with fuser.applied(None):
+        assert_same(base, live_weights(fuser))
+
+
 def test_fp8_needs_masters_kept_before_quantizing(fp8_compiled):
     pipe, _ = fp8_compiled
     with pytest.raises(ValueError, match="keep_masters before optimize_pipeline_"):
