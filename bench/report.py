@@ -204,7 +204,7 @@ def render_summary(rows: list[dict], coldstart: Path) -> str:
         lines.append(f"| {size} | " + " | ".join(cells) + " |")
     env = sorted({(r["run"]["env"].get("card", "CPU"), r["run"]["env"]["torch"], r["run"]["env"]["diffusers"],
                    r["run"]["env"]["torchao"]) for r in rows})
-    cards = "; ".join(f"{card}, torch {torch}, diffusers {diffusers}, torchao {torchao}"
+    cards = "; ".join(versions(dict(card=card, torch=torch, diffusers=diffusers, torchao=torchao))
                       for card, torch, diffusers, torchao in env)
     cold = json.loads(coldstart.read_text())
     empty, cached = cold["rows"]["aot, empty caches"], cold["rows"]["aot, cached program"]
@@ -259,8 +259,7 @@ def render_pipeline(paths: list[Path]) -> str:
         rows = pipeline_rows([path])
         env = rows[0]["run"]["env"]
         out += [
-            f"{env.get('card', 'CPU')}, torch {env['torch']}, diffusers {env['diffusers']}, torchao {env['torchao']}: "
-            f"`{command(env['command'], path)}`; median of the timed images after a warm-up image.", "",
+            f"{versions(env)}: `{command(env['command'], path)}`; median of the timed images after a warm-up image.", "",
             "| variant | image | s / image | vs eager | images / min | text encoders, s | denoising, s | VAE decode, s | "
             "first image, s | error vs eager |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -313,8 +312,7 @@ def render_lora(path: Path) -> str:
     run = json.loads(path.read_text())
     env = run["env"]
     return "\n".join([
-        f"{env.get('card', 'CPU')}, torch {env['torch']}, diffusers {env['diffusers']}, torchao {env['torchao']}, FLUX.1-dev's "
-        f"transformer (random weights), {run['size']}: `{command(env['command'], path)}`", "",
+        f"{versions(env)}, FLUX.1-dev's transformer (random weights), {run['size']}: `{command(env['command'], path)}`", "",
         "| precision | LoRA | file MB | ms / step | vs no LoRA | error vs fp32 | load, s | switch, s | same again, s | "
         "back to none, s | GPU memory after, GiB |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -473,6 +471,11 @@ def command(recorded: str, path: Path) -> str:
 def repo_path(path: Path) -> str:
     path = path.resolve()
     return path.relative_to(ROOT).as_posix() if path.is_relative_to(ROOT) else str(path)
+
+
+def versions(env: dict) -> str:
+    """A run's card and library versions, as every table's caption names them."""
+    return f"{env.get('card', 'CPU')}, torch {env['torch']}, diffusers {env['diffusers']}, torchao {env['torchao']}"
 
 
 def span(values: list[float], spec: str) -> str:
