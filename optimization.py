@@ -154,7 +154,8 @@ def compiled_options(config: OptimizationConfig, fp8: bool, attention: str) -> d
         "fp8_granularity": config.fp8_granularity if fp8 else None,
         "fp8_fused_quantization": fp8 and config.fp8_granularity == "row" and config.fp8_fused_quantization,
         "fp8_text_stream": config.fp8_text_stream if fp8 else None,
-        "fp8_attention": fp8 and attention == SDPA and config.fp8_attention,  # other backends don't call SDPA
+        # Other backends don't call SDPA.
+        "fp8_attention": config.fp8_attention if fp8 and attention == SDPA else "off",
         "attention_backend": attention,
         "dynamic": asdict(IMAGE_SEQ) if config.dynamic else None,  # range and step of the image tokens
         "static_sizes": config.static_resolutions,
@@ -223,7 +224,8 @@ def compile_transformer(
     axes = block_axes(text_tokens) if config.regional else DYNAMIC_AXES
     dynamic = [None] * (len(calls) - 1) + [axes if config.dynamic else None]
     # FP8 attention is recorded into the programs: export sees diffusers' SDPA calls run in FP8.
-    with stage("export", times), sdpa_as_fp8() if fp8 and config.fp8_attention else nullcontext():
+    fp8_attention = compiled_options(config, fp8, SDPA)["fp8_attention"]  # only SDPA calls are swapped
+    with stage("export", times), sdpa_as_fp8(fp8_attention) if fp8_attention != "off" else nullcontext():
         exported = {
             kind: [aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional)
                    for call, dims in zip(kind_calls, dynamic)]
@@ -343,7 +345,8 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
             transformer.forward = aoti.CUDAGraphs(transformer.forward)
     fp8_attention = compiled_options(config, compiled.fp8, compiled.attention)["fp8_attention"]
     report = OptimizationReport(
-        aot=True, fp8=compiled.fp8, dtype=dtype, attention=compiled.attention + " in FP8" * fp8_attention,
+        aot=True, fp8=compiled.fp8, dtype=dtype,
+        attention=compiled.attention + (f" in FP8 ({fp8_attention})" if fp8_attention != "off" else ""),
         regional=config.regional,
         graphs=len(config.static_resolutions) + 1, cuda_graphs=cuda_graphs, cached=compiled.cached,
         seconds=time.perf_counter() - start,

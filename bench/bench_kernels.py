@@ -3,8 +3,9 @@
     python -m bench.bench_kernels --json bench/results/NAME.json
 
 Attention: bf16 SDPA (cuDNN on Hopper) against the FP8 Triton kernel, with and without its q/k/v
-quantization (eager, and fused by torch.compile as AOTInductor fuses it), plus SageAttention's
-INT8 Triton kernels where that package is installed. Error is ||out - ref|| / ||ref|| against fp32
+quantization (eager, and fused by torch.compile as AOTInductor fuses it), cuDNN's FP8 attention
+(nvidia-cudnn-frontend) alone and as the op the programs call, plus SageAttention's INT8 Triton
+kernels where that package is installed. Error is ||out - ref|| / ||ref|| against fp32
 SDPA on the same inputs (q and k RMS-normalized per head, as FLUX's are).
 Quantization: the single blocks' GELU + concat + per-row FP8 in one pass against torchao's path in
 eager and under torch.compile; the bytes must match.
@@ -23,13 +24,33 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.bench_transformer import environment, median_ms, rel_error
 from fp8_kernels import attention as fp8_attention
-from fp8_kernels import quantize
+from fp8_kernels import cudnn_attention, quantize
 
 HEADS, HEAD_DIM, TEXT_TOKENS, DIM, MLP = 24, 128, 512, 3072, 12288
 
 
 def flops(tokens: int) -> float:
     return 4 * HEADS * tokens * tokens * HEAD_DIM
+
+
+def fp8_everywhere(q, k, v, scale):
+    """The op's FP8 path at any token count."""
+    q8, k8, v8, scales = cudnn_attention.quantize(q, k, v)
+    return cudnn_attention.scale_cast(cudnn_attention.attend(q8, k8, v8, scales, scale), scales[2], q.dtype)
+
+
+def graphed(fn):
+    """fn replayed as one CUDA graph: kernels without the host's launch cost, as in the compiled programs."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):  # warm-up: autotuning, cuDNN plans, workspace
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph.replay, out
 
 
 def attention_rows(tokens: int, args) -> list[dict]:
@@ -48,6 +69,18 @@ def attention_rows(tokens: int, args) -> list[dict]:
     variants["fp8 + quantization, eager"] = lambda: fp8_attention.scaled_dot_product_attention_fp8(q, k, v)
     compiled = torch.compile(fp8_attention.scaled_dot_product_attention_fp8, fullgraph=True)
     variants["fp8 + quantization, compiled"] = lambda: compiled(q, k, v)
+    out_scales = {}
+    unavailable = cudnn_attention.unavailable(q.device)
+    if unavailable is None:
+        q8c, k8c, v8c, scales = cudnn_attention.quantize(q, k, v)
+        # FP8 out, scaled by 1 / max|v|: dequantized below for the error, after the timing.
+        variants["cuDNN fp8 kernel (inputs quantized)"] = lambda: cudnn_attention.attend(q8c, k8c, v8c, scales, scale)
+        out_scales["cuDNN fp8 kernel (inputs quantized)"] = scales[2]
+        variants["cuDNN fp8 quantization alone"] = lambda: cudnn_attention.quantize(q, k, v)[0]
+        variants["cuDNN fp8 + quantization"] = lambda: fp8_everywhere(q, k, v, scale)
+        variants["cuDNN fp8 op (bf16 below MIN_TOKENS)"] = lambda: cudnn_attention.cudnn_fp8_attention(q, k, v, scale)
+    else:
+        print(f"cuDNN FP8 attention: {unavailable}", flush=True)
     try:
         from sageattention import sageattn
 
@@ -60,14 +93,19 @@ def attention_rows(tokens: int, args) -> list[dict]:
         try:
             with sdpa_kernel(backends[name]) if name in backends else contextlib.nullcontext():
                 out = fn()
+                if args.cudagraph:
+                    fn, out = graphed(fn)
+                    fn()
                 ms = median_ms(fn, args.warmup, args.iters)
         except Exception as error:
             rows.append(dict(kernel="attention", variant=name, tokens=tokens, error=f"{type(error).__name__}: {error}"[:500]))
             print(json.dumps(rows[-1]), flush=True)
             continue
         base = base or ms
+        error = None if out.dtype == cudnn_attention.FP8 and name not in out_scales else (
+            rel_error(out.float() * out_scales.get(name, 1.0), ref))  # FP8 q alone has no error to give
         rows.append(dict(kernel="attention", variant=name, tokens=tokens, ms=ms, speedup=base / ms,
-                         tflops=flops(tokens) / ms / 1e9, rel_error=rel_error(out.float(), ref)))
+                         tflops=flops(tokens) / ms / 1e9, rel_error=error))
         print(json.dumps(rows[-1]), flush=True)
     best = getattr(fp8_attention._attention_kernel, "best_config", None)
     rows.append(dict(kernel="attention", variant="autotuned config", tokens=tokens, config=str(best)))
@@ -101,6 +139,8 @@ def quantize_rows(tokens: int, args) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["1024x1024", "512x512"])
+    parser.add_argument("--kernels", nargs="+", choices=["quantize", "attention"], default=["quantize", "attention"])
+    parser.add_argument("--cudagraph", action="store_true", help="time attention as CUDA graph replays (no launch cost)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=50)
     parser.add_argument("--json", type=Path, required=True)
@@ -109,7 +149,7 @@ def main() -> None:
     for size in args.sizes:
         width, height = map(int, size.split("x"))
         tokens = width * height // 256 + TEXT_TOKENS
-        for rows in (quantize_rows, attention_rows):
+        for rows in (dict(quantize=quantize_rows, attention=attention_rows)[kernel] for kernel in args.kernels):
             try:
                 results["rows"] += [dict(size=size, **row) for row in rows(tokens, args)]
             except Exception as error:  # one failing kernel must not lose the others' numbers
@@ -121,8 +161,9 @@ def main() -> None:
     print(f"{'size':10} {'kernel':18} {'variant':34} {'ms':>8} {'speed-up':>9} {'rel err':>9}")
     for r in results["rows"]:
         if "ms" in r:
-            err = r.get("rel_error", 1 - r.get("bytes_equal", 1))
-            print(f"{r['size']:10} {r['kernel'][:18]:18} {r['variant'][:34]:34} {r['ms']:8.3f} {r['speedup']:9.2f} {err:9.2e}")
+            err = r["rel_error"] if "rel_error" in r else 1 - r["bytes_equal"]
+            err = "-" if err is None else f"{err:.2e}"
+            print(f"{r['size']:10} {r['kernel'][:18]:18} {r['variant'][:34]:34} {r['ms']:8.3f} {r['speedup']:9.2f} {err:>9}")
         else:
             print(f"{r['size']:10} {r['kernel'][:18]:18} {r.get('variant', ''):34} {r.get('config') or r.get('error')}")
 

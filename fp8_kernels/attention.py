@@ -21,9 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 
 import torch
 import torch.nn.functional as F
+
+from .cudnn_attention import cudnn_fp8_attention
 
 try:
     import triton
@@ -35,6 +38,7 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
 P_LOG2_SCALE = 8.0  # probabilities times 2^8 in FP8: in [0, 256], clear of e4m3's subnormals
 _sdpa = F.scaled_dot_product_attention  # the original, also while `sdpa_as_fp8` has replaced it
+KERNELS = ("cudnn", "triton")
 
 
 def quantize_per_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,26 +154,33 @@ def fp8_attention(
 def scaled_dot_product_attention_fp8(
     query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None,
     dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False,
+    kernel: str = "triton",
 ) -> torch.Tensor:
-    """`F.scaled_dot_product_attention` with FP8 q, k, v; calls it can't serve go to the original."""
+    """`F.scaled_dot_product_attention` with FP8 q, k, v through `kernel` ("cudnn" or "triton");
+    calls they can't serve go to the original."""
     head_dim = query.shape[-1]
     if attn_mask is not None or dropout_p or is_causal or enable_gqa or head_dim not in (32, 64, 128, 256):
         return _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
+    sm_scale = scale if scale is not None else 1.0 / math.sqrt(head_dim)
+    if kernel == "cudnn":
+        return cudnn_fp8_attention(query, key, value, sm_scale)
     q8, q_scale = quantize_per_head(query)
     k8, k_scale = quantize_per_head(key)
     vt8, v_scale = quantize_value(value)
-    sm_scale = scale if scale is not None else 1.0 / math.sqrt(head_dim)
     return fp8_attention(q8, k8, vt8, q_scale, k_scale, v_scale, sm_scale).to(query.dtype)
 
 
 @contextmanager
-def sdpa_as_fp8() -> Iterator[None]:
-    """Within: every `F.scaled_dot_product_attention` call (diffusers' "native" backend) runs in FP8.
+def sdpa_as_fp8(kernel: str) -> Iterator[None]:
+    """Within: every `F.scaled_dot_product_attention` call (diffusers' "native" backend) runs in FP8
+    through `kernel` ("cudnn" or "triton").
 
     Meant around torch.export, which records the FP8 op into the program; the same swap torchao's
     low-precision attention makes.
     """
-    F.scaled_dot_product_attention = scaled_dot_product_attention_fp8
+    if kernel not in KERNELS:
+        raise ValueError(f"FP8 attention kernel must be one of {KERNELS}, got {kernel!r}")
+    F.scaled_dot_product_attention = partial(scaled_dot_product_attention_fp8, kernel=kernel)
     try:
         yield
     finally:

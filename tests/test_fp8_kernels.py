@@ -19,7 +19,7 @@ import optimization
 from config import OptimizationConfig
 from conftest import rel_error
 from fp8 import quantize_fp8_
-from fp8_kernels import attention, fuse_single_block_quantization_, quantize, sdpa_as_fp8
+from fp8_kernels import attention, cudnn_attention, fuse_single_block_quantization_, quantize, sdpa_as_fp8
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
 
@@ -72,33 +72,72 @@ def test_only_per_row_fp8_blocks_are_fused(fp8_on_cpu):
     assert "forward" not in vars(bf16) and "forward" not in vars(per_tensor)
 
 
-def test_fp8_attention_is_close_to_fp32_sdpa():
+@pytest.mark.parametrize("kernel", ["cudnn", "triton"])
+def test_fp8_attention_is_close_to_fp32_sdpa(kernel):
     q, k, v = normed_qkv(300)
     expected = F.scaled_dot_product_attention(q, k, v)
-    out = attention.scaled_dot_product_attention_fp8(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    out = attention.scaled_dot_product_attention_fp8(q.bfloat16(), k.bfloat16(), v.bfloat16(), kernel=kernel)
     assert out.dtype == torch.bfloat16 and out.shape == expected.shape
     # FP8 keeps 3 mantissa bits: a few percent per attention call on random data (the transformer's
     # error against fp32 is what decides whether it is on by default: bench/NOTES.md).
     assert rel_error(out.float(), expected) < 0.06
 
 
+@pytest.mark.parametrize("kernel", ["cudnn", "triton"])
 @pytest.mark.parametrize("case", ["mask", "causal", "head_dim_48"])
-def test_fp8_attention_leaves_other_calls_to_sdpa(case):
+def test_fp8_attention_leaves_other_calls_to_sdpa(case, kernel):
     head_dim = 48 if case == "head_dim_48" else 128
     q, k, v = (x.bfloat16() for x in normed_qkv(40, head_dim=head_dim))
     kwargs = {"mask": dict(attn_mask=torch.ones(40, 40, dtype=torch.bool).tril()), "causal": dict(is_causal=True),
               "head_dim_48": {}}[case]
     expected = F.scaled_dot_product_attention(q, k, v, **kwargs)
-    assert torch.equal(attention.scaled_dot_product_attention_fp8(q, k, v, **kwargs), expected)
+    assert torch.equal(attention.scaled_dot_product_attention_fp8(q, k, v, kernel=kernel, **kwargs), expected)
 
 
 def test_sdpa_is_restored_after_the_swap():
     original = F.scaled_dot_product_attention
     with pytest.raises(RuntimeError, match="inside"):
-        with sdpa_as_fp8():
-            assert F.scaled_dot_product_attention is attention.scaled_dot_product_attention_fp8
+        with sdpa_as_fp8("cudnn"):
+            assert F.scaled_dot_product_attention.func is attention.scaled_dot_product_attention_fp8
+            assert F.scaled_dot_product_attention.keywords == {"kernel": "cudnn"}
             raise RuntimeError("inside")
     assert F.scaled_dot_product_attention is original
+    with pytest.raises(ValueError, match="flash"):
+        with sdpa_as_fp8("flash"):
+            pass
+    assert F.scaled_dot_product_attention is original
+
+
+def test_cudnn_op_keeps_the_layout_diffusers_passes():
+    """Output [B, H, S, D] over [B, S, H, D] memory, as the fake op promises the compiled program."""
+    q, k, v = (x.bfloat16() for x in normed_qkv(64))
+    out = cudnn_attention.cudnn_fp8_attention(q, k, v, 0.1)
+    fake = cudnn_attention.cudnn_fp8_attention._abstract_fn(q, k, v, 0.1)  # the registered fake
+    assert out.shape == fake.shape == q.shape and out.stride() == fake.stride()
+    assert out.transpose(1, 2).is_contiguous()
+
+
+def test_cudnn_quantization_round_trips_each_tensor_with_its_own_scale():
+    q, k, v = (x.bfloat16() for x in normed_qkv(64))
+    v = v * 100  # scales must differ per tensor
+    q8, k8, v8, scales = cudnn_attention.quantize(q, k, v)
+    assert q8.dtype == torch.float8_e4m3fn and q8.stride() == q.stride()
+    for x, x8, scale, inverse in zip((q, k, v), (q8, k8, v8), scales[:3], scales[3:]):
+        assert x8.float().abs().max() == 448  # the largest value lands on FP8's largest
+        assert torch.isclose(scale * inverse, torch.tensor(1.0))
+        assert rel_error(x8.float() * scale, x.float()) < 0.04  # 3 mantissa bits
+
+
+def test_cudnn_kernel_says_why_it_cannot_run(monkeypatch):
+    assert cudnn_attention.unavailable("cpu") == "no CUDA device"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
+    cudnn_attention._unavailable.cache_clear()
+    try:
+        assert "Hopper" in cudnn_attention.unavailable("cuda:0") and "A100" in cudnn_attention.unavailable("cuda:0")
+    finally:
+        cudnn_attention._unavailable.cache_clear()
 
 
 def test_export_records_the_fp8_ops(fp8_on_cpu):
@@ -107,10 +146,11 @@ def test_export_records_the_fp8_ops(fp8_on_cpu):
     holder = torch.nn.Module()
     holder.single_transformer_blocks = torch.nn.ModuleList([block])
     fuse_single_block_quantization_(holder)
-    with aoti.weights.unwrapped_subclasses(block), sdpa_as_fp8():
-        program = torch.export.export(block, tuple(block_inputs()), strict=False)
-    targets = {str(node.target) for node in program.graph.nodes}
-    assert {"flux_fast.gelu_cat_quantize.default", "flux_fast.fp8_attention.default"} <= targets
+    for kernel, op in (("triton", "flux_fast.fp8_attention.default"), ("cudnn", "flux_fast.cudnn_fp8_attention.default")):
+        with aoti.weights.unwrapped_subclasses(block), sdpa_as_fp8(kernel):
+            program = torch.export.export(block, tuple(block_inputs()), strict=False)
+        targets = {str(node.target) for node in program.graph.nodes}
+        assert {"flux_fast.gelu_cat_quantize.default", op} <= targets
 
 
 def tiny_transformer():
@@ -137,10 +177,11 @@ def transformer_call(h, w, seed=0):
     )
 
 
-def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_cpu):
+@pytest.mark.parametrize("kernel", ["cudnn", "triton"])
+def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_cpu, kernel):
     """Against fp32: FP8 noise is large on a tiny random model (5%), so the compiled program is held to
     eager FP8's own error rather than compared with it value by value."""
-    config = OptimizationConfig(cache=False, attention_backend="native", fp8_fused_quantization=True, fp8_attention=True)
+    config = OptimizationConfig(cache=False, attention_backend="native", fp8_fused_quantization=True, fp8_attention=kernel)
     reference = tiny_transformer().float()
     eager = tiny_transformer()
     quantize_fp8_(eager, "row")
@@ -160,9 +201,9 @@ def test_fp8_options_are_part_of_the_cache_key():
     options = lambda config, fp8=True, attention="native": optimization.compiled_options(config, fp8, attention)  # noqa: E731
     fused = OptimizationConfig(fp8_fused_quantization=not base.fp8_fused_quantization)
     assert options(fused) != options(base)
-    with_attention = OptimizationConfig(fp8_attention=True)
-    without = OptimizationConfig(fp8_attention=False)
-    assert options(with_attention) != options(without)
+    with_attention = OptimizationConfig(fp8_attention="cudnn")
+    without = OptimizationConfig(fp8_attention="off")
+    assert options(with_attention) != options(without) != options(OptimizationConfig(fp8_attention="triton"))
     # Where they cannot apply they are recorded as off: the same programs are compiled.
     assert options(with_attention, fp8=False) == options(without, fp8=False)
     assert options(with_attention, attention="_flash_3_hub") == options(without, attention="_flash_3_hub")
@@ -194,3 +235,31 @@ def test_attention_kernel_matches_its_torch_path(tokens):
     expected = attention.reference(q8, k8, vt8, q_scale, k_scale, v_scale, 128 ** -0.5)
     # The kernel's only extra rounding is P in FP8 (times 256): 2.4% on the H200 (bench/results/kernels-h200/).
     assert rel_error(out.float(), expected.float()) < 0.04
+
+
+@cuda
+def test_cudnn_op_on_a_gpu_without_the_kernel_runs_bf16_sdpa(monkeypatch, caplog):
+    """A program compiled with cuDNN's FP8 attention still serves on a GPU that cannot run it."""
+    q, k, v = (x.bfloat16() for x in normed_qkv(4608, device="cuda", heads=24))
+    monkeypatch.setattr(cudnn_attention, "unavailable", lambda device: "no FP8 here")
+    cudnn_attention._warn_once.cache_clear()
+    with caplog.at_level("WARNING"):
+        out = cudnn_attention.cudnn_fp8_attention(q, k, v, 128 ** -0.5)
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, scale=128 ** -0.5))
+    assert "no FP8 here" in caplog.text
+
+
+@cuda
+@pytest.mark.parametrize("tokens", [1536, 4544])
+def test_cudnn_op_matches_its_torch_path(tokens):
+    """Above MIN_TOKENS cuDNN's FP8 kernel; below it bf16 SDPA, the faster one there."""
+    q, k, v = (x.bfloat16() for x in normed_qkv(tokens, device="cuda", heads=24))
+    out = cudnn_attention.cudnn_fp8_attention(q, k, v, 128 ** -0.5)
+    assert out.transpose(1, 2).is_contiguous()
+    if tokens < cudnn_attention.MIN_TOKENS:
+        assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, scale=128 ** -0.5))
+    else:
+        expected = cudnn_attention.reference(q, k, v, 128 ** -0.5)
+        # Both quantize alike; cuDNN also keeps the probabilities in FP8.
+        assert rel_error(out.float(), expected.float()) < 0.04
+
