@@ -7,6 +7,10 @@ on Hopper runs cuDNN's attention kernel (the fastest built-in there). Not diffus
 in the compiled graph that copy slows the fused FP8 quantization after attention (0.3-0.8% per
 step on an H200, bench/NOTES.md). Elsewhere PyTorch's SDPA too. A backend that cannot be set up
 (no network for the Hub download, no `kernels` package) falls through to the next.
+
+Where the compiled transformer runs attention in FP8 through cuDNN (optimization.py decides), PyTorch's
+SDPA comes first on Hopper too: those calls become cuDNN's FP8 kernel, 900 TFLOP/s on an H200
+(bench/README.md), above what FA3 reaches in bf16 (up to 740 TFLOP/s on an H100, in its paper).
 """
 
 from __future__ import annotations
@@ -22,19 +26,19 @@ DEFAULT = "native"  # diffusers' name for torch's scaled_dot_product_attention
 HOPPER_CHOICES = ("_flash_3_hub",)
 
 
-def candidates(requested: str) -> tuple[str, ...]:
-    """Backends to try, best first; an explicit request is tried alone."""
+def candidates(requested: str, fp8_sdpa: bool = False) -> tuple[str, ...]:
+    """Backends to try, best first; an explicit request is tried alone. `fp8_sdpa`: SDPA calls will run in FP8."""
     if requested != AUTO:
         return (requested,)
-    if torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0):
+    if torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0) and not fp8_sdpa:
         return (*HOPPER_CHOICES, DEFAULT)
     return (DEFAULT,)
 
 
-def set_attention_backend(module: torch.nn.Module, requested: str) -> str:
-    """Set the first working backend of `candidates(requested)` on a diffusers model; return its name."""
+def set_attention_backend(module: torch.nn.Module, requested: str, fp8_sdpa: bool = False) -> str:
+    """Set the first working backend of `candidates(requested, fp8_sdpa)` on a diffusers model; return its name."""
     errors = []
-    for backend in candidates(requested):
+    for backend in candidates(requested, fp8_sdpa):
         try:
             module.set_attention_backend(backend)
             if errors:

@@ -24,7 +24,7 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 import diffusers
@@ -40,6 +40,7 @@ from compile_options import compiler_options
 from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, OptimizationConfig
 from fp8 import fp8_unavailable, is_fp8, quantize_fp8_
 from fp8_kernels import fuse_single_block_quantization_, sdpa_as_fp8
+from fp8_kernels.cudnn_attention import unavailable as cudnn_unavailable
 from startup import stage
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ class Compiled:
     weights: aoti.HostShared  # per kind, per module: the prepared tensors the programs read
     fp8: bool
     attention: str
+    fp8_attention: str  # "off" where FP8 is off, the backend is not SDPA or the kernel cannot run
     cached: bool  # loaded from the program cache instead of compiled
     stages: dict[str, float]  # seconds of each stage it ran
 
@@ -314,7 +316,6 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
     @spaces.GPU(duration=1500)  # a full FLUX.1-dev compile takes minutes
     def compile_on_gpu() -> Compiled:
         # Hardware decisions are made here, where the real card is visible.
-        attention = set_attention_backend(transformer, config.attention_backend)
         unavailable = (
             fp8_unavailable(config.fp8_granularity, transformer.device, transformer.dtype)
             if config.fp8 else "switched off (AOTI_FP8=0)"
@@ -322,12 +323,18 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         fp8 = unavailable is None
         if not fp8:
             log.info("FP8 off: %s; the transformer runs in %s", unavailable, dtype)
+        options = config
+        if fp8 and config.fp8_attention == "cudnn" and (reason := cudnn_unavailable(transformer.device)):
+            log.info("FP8 attention off: %s", reason)
+            options = replace(config, fp8_attention="off")
+        attention = set_attention_backend(transformer, config.attention_backend, fp8 and options.fp8_attention != "off")
         times: dict[str, float] = {}
-        programs, cached = load_or_compile(transformer, config, fp8, attention, example_call, transformer_calls, times)
+        programs, cached = load_or_compile(transformer, options, fp8, attention, example_call, transformer_calls, times)
         if cached:  # else the compile has prepared it
-            prepare_transformer_(transformer, config, fp8, times)
-        weights = aoti.HostShared(program_weights(transformer, programs, config))
-        return Compiled(programs, weights, fp8, attention, cached, times)
+            prepare_transformer_(transformer, options, fp8, times)
+        weights = aoti.HostShared(program_weights(transformer, programs, options))
+        fp8_attention = compiled_options(options, fp8, attention)["fp8_attention"]
+        return Compiled(programs, weights, fp8, attention, fp8_attention, cached, times)
 
     start = time.perf_counter()
     compiled = compile_on_gpu()
@@ -343,10 +350,9 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         cuda_graphs = config.cuda_graphs and transformer.device.type == "cuda"
         if cuda_graphs:  # captured per resolution on its second step, inside the request's GPU function
             transformer.forward = aoti.CUDAGraphs(transformer.forward)
-    fp8_attention = compiled_options(config, compiled.fp8, compiled.attention)["fp8_attention"]
     report = OptimizationReport(
         aot=True, fp8=compiled.fp8, dtype=dtype,
-        attention=compiled.attention + (f" in FP8 ({fp8_attention})" if fp8_attention != "off" else ""),
+        attention=compiled.attention + (f" in FP8 ({compiled.fp8_attention})" if compiled.fp8_attention != "off" else ""),
         regional=config.regional,
         graphs=len(config.static_resolutions) + 1, cuda_graphs=cuda_graphs, cached=compiled.cached,
         seconds=time.perf_counter() - start,

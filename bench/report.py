@@ -34,13 +34,17 @@ STARTUP = RESULTS / "startup-cpu.json"
 ZEROGPU = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev.json"
 ZEROGPU_LORA = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev-lora.json"
 PIPELINE = sorted((RESULTS / "pipeline-h200").glob("*.json"))
+# README.md's seconds per image: the app's default ("aot") as last measured; eager and torch.compile from every run.
+PIPELINE_DEFAULT = RESULTS / "pipeline-h200" / "eager-aot-cudnn-fp8-attention.json"
 LORA = RESULTS / "lora-h200" / "ranks-16-64-128.json"
+SERVE = sorted((RESULTS / "serve-h200").glob("*.json"))
 PAGES = (ROOT / "bench" / "README.md", ROOT / "README.md")
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
 # The per-size table; "+cudagraph" rows are the app's default on the GPU.
 SUMMARY = (
-    "eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row_fusedq+cudagraph", "aot_fp8_row_fusedq",
-    "aot_fp8_row+cudagraph", "aot_fp8_row", "torch_compile_fp8",
+    "eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row_fusedq_cudnnattn+cudagraph",
+    "aot_fp8_row_fusedq_cudnnattn", "aot_fp8_row_fusedq+cudagraph", "aot_fp8_row_fusedq", "aot_fp8_row+cudagraph",
+    "aot_fp8_row", "torch_compile_fp8",
 )
 SHORT = {"coordinate_descent_tuning": "CD", "coordinate_descent_check_all_directions": "all directions",
          "split_reductions": "split reductions"}
@@ -48,8 +52,10 @@ SHORT = {"coordinate_descent_tuning": "CD", "coordinate_descent_check_all_direct
 BUILD_ONLY = {"aot_inductor.compile_wrapper_opt_level"}
 # README.md's summary: column title, rung.
 SPEED = {"eager bf16": "eager", "`torch.compile` + FP8": "torch_compile_fp8",
-         "this template (AoT, FP8, CUDA graphs)": "aot_fp8_row_fusedq+cudagraph"}
-KERNELS = RESULTS / "kernels-h200" / "kernels.json"
+         "this template (AoT, FP8, CUDA graphs)": "aot_fp8_row_fusedq_cudnnattn+cudagraph"}
+# Runs whose rungs ran code the template no longer has: in bench/README.md, not in README.md's summary.
+SUPERSEDED = {"run16-bf16text-cudnn-attention"}  # cuDNN attention with ATen quantization, FP8 at every size
+KERNELS = [RESULTS / "kernels-h200" / name for name in ("kernels.json", "cudnn-fp8-attention-cudagraph.json")]
 
 
 def natural(path: Path) -> list:
@@ -189,8 +195,8 @@ def render(rows: list[dict]) -> str:
 
 
 def render_summary(rows: list[dict], coldstart: Path) -> str:
-    """README.md's speed table: per size, the range over every run with the current options."""
-    rows = [r for r in rows if not r["run"]["options"]]
+    """README.md's speed table: per size, the range over every run with the current options and code."""
+    rows = [r for r in rows if not r["run"]["options"] and r["run"]["path"].parent.name not in SUPERSEDED]
     lines = ["| size | " + " | ".join(SPEED) + " |", "|---|" + "---:|" * len(SPEED)]
     for size in SIZES:
         cells = []
@@ -232,9 +238,9 @@ def workload_label(row: dict) -> str:
     return f"{width}x{height}, {steps} steps"
 
 
-def render_pipeline_summary(paths: list[Path]) -> str:
+def render_pipeline_summary(paths: list[Path], default: Path) -> str:
     """README.md's seconds per image: eager, torch.compile + FP8 and the app's default (AoT), as ranges over the runs."""
-    rows = pipeline_rows(paths)
+    rows = [r for r in pipeline_rows(paths) if r["variant"] != "aot" or r["run"]["path"] == default]
     lines = ["| image | eager bf16 | `torch.compile` + FP8 | this template | images / min |", "|---|---:|---:|---:|---:|"]
 
     def cell(found: list[dict]) -> str:
@@ -272,20 +278,26 @@ def render_pipeline(paths: list[Path]) -> str:
     return "\n".join(out).rstrip()
 
 
-def render_kernels(path: Path) -> str:
+def render_kernels(paths: list[Path]) -> str:
     """bench_kernels: each FP8 kernel against what it replaces, at FLUX.1-dev's shapes."""
-    run = json.loads(path.read_text())
-    env = run["env"]
-    lines = [
-        f"{env.get('card', 'CPU')}, torch {env['torch']}: `{command(env['command'], path)}`; median of 50 CUDA-event "
-        "timings. Error: attention against fp32 SDPA; quantization, the share of FP8 bytes unlike torchao's.", "",
-        "| size | kernel | variant | ms | vs first row | error |", "|---|---|---|---:|---:|---:|",
-    ]
-    for r in run["rows"]:
-        if "ms" in r:
-            err = r["rel_error"] if "rel_error" in r else 1 - r["bytes_equal"]
-            lines.append(f"| {r['size']} | {r['kernel']} | {r['variant']} | {r['ms']:.3f} | {r['speedup']:.2f}x | {err:.1e} |")
-    return "\n".join(lines)
+    lines = []
+    for path in paths:
+        run = json.loads(path.read_text())
+        env = run["env"]
+        replays = "CUDA graph replays (no launch cost)" if "--cudagraph" in env["command"] else "calls from Python"
+        lines += [
+            f"{env.get('card', 'CPU')}, torch {env['torch']}: `{command(env['command'], path)}`; median of 50 CUDA-event "
+            f"timings of {replays}. Error: attention against fp32 SDPA; quantization, the share of FP8 bytes unlike "
+            "torchao's.", "",
+            "| size | kernel | variant | ms | vs first row | error |", "|---|---|---|---:|---:|---:|",
+        ]
+        for r in run["rows"]:
+            if "ms" in r:
+                err = r["rel_error"] if "rel_error" in r else 1 - r["bytes_equal"]
+                lines.append(f"| {r['size']} | {r['kernel']} | {r['variant']} | {r['ms']:.3f} | {r['speedup']:.2f}x | "
+                             f"{fmt(err, '.1e')} |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 def lora_rows(run: dict) -> dict[tuple[str, str], dict]:
@@ -426,12 +438,32 @@ def render_zerogpu_requests(path: Path) -> str:
     ])
 
 
+def render_serve(paths: list[Path]) -> str:
+    """bench_serve runs: the plain app and Ray Serve, side by side, per run."""
+    out = []
+    for path in paths:
+        run = json.loads(path.read_text())
+        plain, served = run["plain"], run["ray_serve"]
+        out += [
+            f"{run['device']} x{run['gpus']}, torch {run['torch']}: `{command(run['command'], path)}`", "",
+            "| server | start to serving, s | median latency, s | images / min (requests at once) |", "|---|---:|---:|---:|",
+            *[f"| {name} | {row['startup_s']:.0f} | {row['median_latency_s']:.2f} | {row['images_per_minute']:.1f} |"
+              for name, row in (("plain app", plain), (f"Ray Serve, {len(served['replicas'])} replica(s)", served))],
+            "",
+            f"Latency x{run['latency_ratio']:.2f}, images per minute x{run['throughput_ratio']:.2f} against the plain app. "
+            f"Replicas at start: {', '.join(sorted(served['replicas'].values()))}; a killed replica's replacement was "
+            f"serving {served['replacement_s']:.1f} s after the kill ({served['replacement']}, imports and weight loading "
+            "included).", "",
+        ]
+    return "\n".join(out).rstrip()
+
+
 def sections() -> dict[str, str]:
     """Every generated section, by name, from the committed results."""
     rows = load(TRANSFORMER)
     return {
         "summary": render_summary(rows, COLDSTART[0]),
-        "images": render_pipeline_summary(PIPELINE),
+        "images": render_pipeline_summary(PIPELINE, PIPELINE_DEFAULT),
         "pipeline": render_pipeline(PIPELINE),
         "loras": render_lora_summary(LORA),
         "lora": render_lora(LORA),
@@ -442,6 +474,7 @@ def sections() -> dict[str, str]:
         "startup": render_startup(STARTUP),
         "zerogpu": render_zerogpu(ZEROGPU),
         "zerogpu-lora": render_zerogpu_requests(ZEROGPU_LORA),
+        "serve": render_serve(SERVE),
     }
 
 

@@ -1,17 +1,19 @@
-"""Triton kernels for the FP8 blocks, as `torch.library.triton_op`s: torch.export keeps each as one op
-and AOTInductor compiles the kernel into the program. Each op's CPU path is the same math in torch
-ops, so export, compile and tests run on machines without a GPU.
+"""Kernels for the FP8 blocks, as torch.library ops: torch.export keeps each as one op, and AOTInductor
+compiles a Triton op's kernel into the program or calls a custom op from it. Each op's CPU path is the
+same math in torch ops, so export, compile and tests run on machines without a GPU.
 
-- `quantize`: the single blocks' GELU + concat + per-row FP8 quantization in one pass;
-- `attention`: attention with FP8 q, k, v (per-head scales) in place of bf16 SDPA;
+- `quantize`: the single blocks' GELU + concat + per-row FP8 quantization in one pass (Triton);
+- `cudnn_attention`: attention through cuDNN's FP8 flash attention, per-tensor scales (the default);
+- `attention`: the export-time swap of SDPA for either FP8 attention, and a Triton one (per-head scales);
 - `blocks`: how FLUX's blocks use them.
 """
 
 from .attention import fp8_attention, scaled_dot_product_attention_fp8, sdpa_as_fp8
 from .blocks import fuse_single_block_quantization_
+from .cudnn_attention import cudnn_fp8_attention
 from .quantize import gelu_cat_quantize
 
 __all__ = [
-    "fp8_attention", "fuse_single_block_quantization_", "gelu_cat_quantize", "scaled_dot_product_attention_fp8",
-    "sdpa_as_fp8",
+    "cudnn_fp8_attention", "fp8_attention", "fuse_single_block_quantization_", "gelu_cat_quantize",
+    "scaled_dot_product_attention_fp8", "sdpa_as_fp8",
 ]

@@ -1,14 +1,14 @@
-"""Attention with FP8 q, k and v: a Triton flash-attention forward in place of bf16 SDPA.
+"""Attention with FP8 q, k and v in place of bf16 SDPA: the export-time swap, and a Triton kernel.
 
-Hopper's FP8 tensor cores do twice the bf16 rate, and attention is a quarter of a FLUX step. No FP8
-attention can be installed here from a known source: PyTorch's and torchao's routes need a
-FlashAttention-3 build (`flash_attn_interface`), which PyPI does not carry (the name there is an
-empty placeholder). So the kernel lives in this repository, after the fused-attention tutorial of
-Triton (triton-lang/triton, `python/tutorials/06-fused-attention.py`, MIT).
+Hopper's FP8 tensor cores do twice the bf16 rate, and attention is a quarter of a FLUX step.
+`sdpa_as_fp8` records every SDPA call of the transformer as one of two ops: cuDNN's FP8 flash
+attention (`cudnn_attention.py`, the default) or this file's Triton kernel, after the fused-attention
+tutorial of Triton (triton-lang/triton, `python/tutorials/06-fused-attention.py`, MIT). PyTorch's and
+torchao's own FP8 routes need a FlashAttention-3 build (`flash_attn_interface`), which PyPI does not
+carry (the name there is an empty placeholder).
 
-Off by default: on an H200 it is 1.07x cuDNN's bf16 attention alone, slower once q, k and v are
-quantized, with 23x its error (bench/README.md, "FP8 kernels"). The op and the export-time swap of
-SDPA are the place for a faster kernel.
+The Triton kernel is not the default: on an H200 it is 1.07x cuDNN's bf16 attention alone, slower
+once q, k and v are quantized (bench/README.md, "FP8 kernels").
 
 Scales: q and k per head (FLUX's q and k come out of an RMSNorm, so their magnitudes are even
 across tokens), v per head and channel (applied once to the output). Softmax probabilities are

@@ -24,6 +24,13 @@ def test_auto_order_depends_on_the_card(monkeypatch, capability, expected):
     assert attention.candidates("auto") == expected
 
 
+def test_sdpa_comes_first_on_hopper_when_its_calls_run_in_fp8(monkeypatch):
+    """cuDNN's FP8 attention replaces SDPA's calls; FA3 from the Hub would run in bf16."""
+    pretend_gpu(monkeypatch, (9, 0))
+    assert attention.candidates("auto", fp8_sdpa=True) == ("native",)
+    assert attention.candidates("_flash_3_hub", fp8_sdpa=True) == ("_flash_3_hub",)  # asked for by name
+
+
 def test_an_explicit_backend_is_tried_alone(monkeypatch):
     pretend_gpu(monkeypatch, (9, 0))
     assert attention.candidates("_native_flash") == ("_native_flash",)
