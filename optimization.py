@@ -42,6 +42,7 @@ from fp8 import fp8_unavailable, is_fp8, quantize_fp8_
 from fp8_kernels import fuse_single_block_quantization_, sdpa_as_fp8
 from fp8_kernels.cudnn_attention import unavailable as cudnn_unavailable
 from startup import stage
+from vae import apply_decoder_, load_or_compile_decoder
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Compiled:
     fp8: bool
     attention: str
     fp8_attention: str  # "off" where FP8 is off, the backend is not SDPA or the kernel cannot run
+    decoder: aoti.CompiledProgram | None  # the VAE decoder's program (vae.py), bound to its own weights
     cached: bool  # loaded from the program cache instead of compiled
     stages: dict[str, float]  # seconds of each stage it ran
 
@@ -80,6 +82,7 @@ class OptimizationReport:
     dtype: str
     attention: str
     regional: bool  # one program per repeated block kind instead of one for the transformer
+    vae_decoder: bool  # the VAE decoder compiled too
     graphs: int  # graphs per compiled module: static ones plus the dynamic one
     cuda_graphs: bool  # each resolution's step replayed as one CUDA graph
     cached: bool  # loaded from the program cache instead of compiled
@@ -94,8 +97,9 @@ class OptimizationReport:
         graphs = f"{self.graphs} graphs" if self.graphs > 1 else "one graph for all sizes"
         scope = "per repeated block" if self.regional else "whole transformer"
         replay = ", CUDA graphs" if self.cuda_graphs else ""
+        decoder = " and VAE decoder" if self.vae_decoder else ""
         return (
-            f"transformer AoT-compiled ({precision}, attention: {self.attention}, {scope}, {graphs}{replay}), "
+            f"transformer{decoder} AoT-compiled ({precision}, attention: {self.attention}, {scope}, {graphs}{replay}), "
             f"{'loaded from cache' if self.cached else 'compiled'} in {self.seconds:.1f} s, "
             f"package {self.package_mb:.1f} MB"
         )
@@ -141,8 +145,9 @@ def text_stream(name: str) -> bool:
     return parts[-1] in TEXT_STREAM or "ff_context" in parts
 
 
-# Options that change how programs are served or stored, not what is compiled: left out of the cache key.
-SERVING_OPTIONS = frozenset({"aot", "cuda_graphs", "cache", "cache_dir", "hub_repo"})
+# Options that leave the transformer's programs as they are (how they are served or stored, and whether the
+# VAE decoder is compiled, which has its own cache key): left out of the transformer's cache key.
+SERVING_OPTIONS = frozenset({"aot", "cuda_graphs", "cache", "cache_dir", "hub_repo", "vae_decoder"})
 
 
 def compiled_options(config: OptimizationConfig, fp8: bool, attention: str) -> dict[str, Any]:
@@ -285,15 +290,20 @@ def apply_programs_(
             aoti.apply(modules[0], programs[kind], weights=kind_weights[0] if kind_weights else None)
 
 
+def packages(compiled: Compiled) -> list[aoti.CompiledProgram]:
+    return [p for group in compiled.programs.values() for p in group] + [compiled.decoder] * (compiled.decoder is not None)
+
+
 def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **example_call: Any) -> OptimizationReport:
-    """AoT-compile `pipeline.transformer` in place; `example_call` is one pipeline call's kwargs."""
+    """AoT-compile `pipeline.transformer` (and its VAE decoder) in place; `example_call` is one pipeline call's kwargs."""
     transformer = pipeline.transformer
     dtype = str(transformer.dtype).removeprefix("torch.")
     if not config.aot:
         attention = set_attention_backend(transformer, config.attention_backend)
         log.info("AoT compilation is off (AOTI=0): the transformer runs eagerly")
         return OptimizationReport(
-            aot=False, fp8=False, dtype=dtype, attention=attention, regional=False, graphs=0, cuda_graphs=False,
+            aot=False, fp8=False, dtype=dtype, attention=attention, regional=False, vae_decoder=False, graphs=0,
+            cuda_graphs=False,
             cached=False, seconds=0.0, package_mb=0.0, stages={},
         )
 
@@ -334,7 +344,13 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
             prepare_transformer_(transformer, options, fp8, times)
         weights = aoti.HostShared(program_weights(transformer, programs, options))
         fp8_attention = compiled_options(options, fp8, attention)["fp8_attention"]
-        return Compiled(programs, weights, fp8, attention, fp8_attention, cached, times)
+        decoder = None
+        if config.vae_decoder:
+            width = example_call.get("width") or pipeline.default_sample_size * pipeline.vae_scale_factor
+            height = example_call.get("height") or pipeline.default_sample_size * pipeline.vae_scale_factor
+            decoder, decoder_cached = load_or_compile_decoder(pipeline.vae, config, width, height, times)
+            cached = cached and decoder_cached
+        return Compiled(programs, weights, fp8, attention, fp8_attention, decoder, cached, times)
 
     start = time.perf_counter()
     compiled = compile_on_gpu()
@@ -350,13 +366,15 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         cuda_graphs = config.cuda_graphs and transformer.device.type == "cuda"
         if cuda_graphs:  # captured per resolution on its second step, inside the request's GPU function
             transformer.forward = aoti.CUDAGraphs(transformer.forward)
+        if compiled.decoder is not None:
+            apply_decoder_(pipeline.vae, compiled.decoder)
     report = OptimizationReport(
         aot=True, fp8=compiled.fp8, dtype=dtype,
         attention=compiled.attention + (f" in FP8 ({compiled.fp8_attention})" if compiled.fp8_attention != "off" else ""),
-        regional=config.regional,
+        regional=config.regional, vae_decoder=compiled.decoder is not None,
         graphs=len(config.static_resolutions) + 1, cuda_graphs=cuda_graphs, cached=compiled.cached,
         seconds=time.perf_counter() - start,
-        package_mb=sum(len(p.package) for group in compiled.programs.values() for p in group) / 1e6, stages=stages,
+        package_mb=sum(len(p.package) for p in packages(compiled)) / 1e6, stages=stages,
     )
     log.info("%s", report.summary())
     return report

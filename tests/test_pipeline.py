@@ -36,6 +36,7 @@ def test_compiled_pipeline_gives_the_eager_image(eager_images, caplog):
         )
     # On CPU, FP8 (on by default) falls back to the model's dtype, saying so once.
     assert (report.aot, report.fp8, report.dtype, report.graphs) == (True, False, "float32", 2)
+    assert report.vae_decoder and "transformer and VAE decoder AoT-compiled" in report.summary()
     assert "FP8 off: no CUDA GPU" in caplog.text
     assert 0 < report.package_mb < 20  # code only: four block programs of 2-4 MB each (the wrapper built at -O0)
     for size, ref in eager_images.items():
