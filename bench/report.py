@@ -229,7 +229,8 @@ def pipeline_rows(paths: list[Path]) -> list[dict]:
     for path in sorted(paths, key=natural):
         run = {**json.loads(path.read_text()), "path": path}
         eager = {r["workload"]: r["seconds"] for r in run["rows"] if r["variant"] == "eager"}
-        rows += [{**r, "run": run, "speedup": eager[r["workload"]] / r["seconds"]} for r in run["rows"] if r["workload"] in eager]
+        rows += [{**r, "run": run, "speedup": eager[r["workload"]] / r["seconds"] if r["workload"] in eager else None}
+                 for r in run["rows"]]
     return rows
 
 
@@ -269,7 +270,7 @@ def render_pipeline(paths: list[Path]) -> str:
             "| variant | image | s / image | vs eager | images / min | text encoders, s | denoising, s | VAE decode, s | "
             "first image, s | error vs eager |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-            *[f"| {r['variant']} | {workload_label(r)} | {r['seconds']:.3f} | {r['speedup']:.2f}x | "
+            *[f"| {r['variant']} | {workload_label(r)} | {r['seconds']:.3f} | {fmt(r['speedup'], '.2f') + 'x' if r['speedup'] else '-'} | "
               f"{r['images_per_minute']:.1f} | {r['text_s']:.3f} | {r['denoise_s']:.3f} | "
               f"{r['decode_s']:.3f} ({r['decode_s'] / r['seconds']:.0%}) | {r['first_image_s']:.1f} | "
               f"{fmt(r.get('rel_error_vs_eager'), '.1e')} |" for r in rows],
