@@ -334,7 +334,7 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         if not fp8:
             log.info("FP8 off: %s; the transformer runs in %s", unavailable, dtype)
         options = config
-        if fp8 and config.fp8_attention == "cudnn" and (reason := cudnn_unavailable(transformer.device)):
+        if fp8 and config.fp8_attention.startswith("cudnn") and (reason := cudnn_unavailable(transformer.device)):
             log.info("FP8 attention off: %s", reason)
             options = replace(config, fp8_attention="off")
         attention = set_attention_backend(transformer, config.attention_backend, fp8 and options.fp8_attention != "off")

@@ -259,6 +259,10 @@ def render_pipeline_summary(paths: list[Path], default: Path) -> str:
     return "\n".join(lines)
 
 
+def speedup(row: dict) -> str:
+    return f"{row['speedup']:.2f}x" if row["speedup"] else "-"  # "-": no eager image in that run
+
+
 def render_pipeline(paths: list[Path]) -> str:
     """Every bench_pipeline run: seconds per image and where they go."""
     out = []
@@ -270,7 +274,7 @@ def render_pipeline(paths: list[Path]) -> str:
             "| variant | image | s / image | vs eager | images / min | text encoders, s | denoising, s | VAE decode, s | "
             "first image, s | error vs eager |",
             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-            *[f"| {r['variant']} | {workload_label(r)} | {r['seconds']:.3f} | {fmt(r['speedup'], '.2f') + 'x' if r['speedup'] else '-'} | "
+            *[f"| {r['variant']} | {workload_label(r)} | {r['seconds']:.3f} | {speedup(r)} | "
               f"{r['images_per_minute']:.1f} | {r['text_s']:.3f} | {r['denoise_s']:.3f} | "
               f"{r['decode_s']:.3f} ({r['decode_s'] / r['seconds']:.0%}) | {r['first_image_s']:.1f} | "
               f"{fmt(r.get('rel_error_vs_eager'), '.1e')} |" for r in rows],

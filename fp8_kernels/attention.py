@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
+from functools import wraps
 
 import torch
 import torch.nn.functional as F
 
-from .cudnn_attention import cudnn_fp8_attention
+from .cudnn_attention import cudnn_fp8_attention, fused_attention
 
 try:
     import triton
@@ -38,7 +38,7 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
 P_LOG2_SCALE = 8.0  # probabilities times 2^8 in FP8: in [0, 256], clear of e4m3's subnormals
 _sdpa = F.scaled_dot_product_attention  # the original, also while `sdpa_as_fp8` has replaced it
-KERNELS = ("cudnn", "triton")
+KERNELS = ("cudnn", "cudnn_fused", "triton")
 
 
 def quantize_per_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -156,14 +156,16 @@ def scaled_dot_product_attention_fp8(
     dropout_p: float = 0.0, is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False,
     kernel: str = "triton",
 ) -> torch.Tensor:
-    """`F.scaled_dot_product_attention` with FP8 q, k, v through `kernel` ("cudnn" or "triton");
-    calls they can't serve go to the original."""
+    """`F.scaled_dot_product_attention` with FP8 q, k, v through `kernel` (one of KERNELS); calls
+    they can't serve go to the original."""
     head_dim = query.shape[-1]
     if attn_mask is not None or dropout_p or is_causal or enable_gqa or head_dim not in (32, 64, 128, 256):
         return _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
     sm_scale = scale if scale is not None else 1.0 / math.sqrt(head_dim)
     if kernel == "cudnn":
         return cudnn_fp8_attention(query, key, value, sm_scale)
+    if kernel == "cudnn_fused":
+        return fused_attention(query, key, value, sm_scale)
     q8, q_scale = quantize_per_head(query)
     k8, k_scale = quantize_per_head(key)
     vt8, v_scale = quantize_value(value)
@@ -173,14 +175,19 @@ def scaled_dot_product_attention_fp8(
 @contextmanager
 def sdpa_as_fp8(kernel: str) -> Iterator[None]:
     """Within: every `F.scaled_dot_product_attention` call (diffusers' "native" backend) runs in FP8
-    through `kernel` ("cudnn" or "triton").
+    through `kernel` (one of KERNELS).
 
     Meant around torch.export, which records the FP8 op into the program; the same swap torchao's
     low-precision attention makes.
     """
     if kernel not in KERNELS:
         raise ValueError(f"FP8 attention kernel must be one of {KERNELS}, got {kernel!r}")
-    F.scaled_dot_product_attention = partial(scaled_dot_product_attention_fp8, kernel=kernel)
+    # A function, not a partial: torch.cond's tracing (cudnn_fused) wants the callables it meets named.
+    @wraps(scaled_dot_product_attention_fp8)
+    def in_fp8(*args, **kwargs):
+        return scaled_dot_product_attention_fp8(*args, **kwargs, kernel=kernel)
+
+    F.scaled_dot_product_attention = in_fp8
     try:
         yield
     finally:
