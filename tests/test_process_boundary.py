@@ -141,7 +141,7 @@ def test_the_serving_process_binds_the_weights_the_gpu_function_prepared(monkeyp
     monkeypatch.setattr(optimization.spaces, "GPU", gpu)
     monkeypatch.setattr(optimization, "prepare_transformer_", lambda *a: prepared.append(bool(inside)) or prepare(*a))
     monkeypatch.setattr(optimization, "set_attention_backend",
-                        lambda module, name: backends.append((bool(inside), name)) or set_backend(module, name))
+                        lambda module, name, *a: backends.append((bool(inside), name)) or set_backend(module, name, *a))
     pipe = load_pipeline()
     optimization.optimize_pipeline_(
         pipe, OptimizationConfig(fuse_qkv=True, cache=False), prompt="a cat", width=256, height=256,
