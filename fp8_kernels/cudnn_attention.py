@@ -6,10 +6,13 @@ library PyTorch already ships. It takes per-tensor scales: one for each of q, k 
 softmax probabilities (always within [0, 1]) and one for the output, which on Hopper is FP8 too (at
 most max|v|, so v's scale serves it).
 
-Here the whole computation is one custom op: amax and quantization of q, k, v, cuDNN's kernel, and
-the output back in bf16. torch.export keeps it as one node and AOTInductor calls it from the compiled
-program. A program compiled with it runs anywhere: on a CPU the op runs the same per-tensor FP8 math
-in torch ops, on a GPU without the package or a Hopper chip bf16 SDPA (logged once).
+Two ways into the compiled program, `AOTI_FP8_ATTENTION`'s "cudnn" and "cudnn_fused":
+- `cudnn_fp8_attention`: the whole computation in one custom op (amax and quantization of q, k, v by
+  two Triton passes, cuDNN's kernel, the output back in bf16), which AOTInductor calls from the program;
+- `fused_attention`: the quantization in torch ops that the compiler fuses with the kernels making q, k
+  and v, and only cuDNN's kernel in an op (`cudnn_fp8_attention_quantized`).
+A program compiled with either runs anywhere: on a CPU the ops run the same per-tensor FP8 math in
+torch ops, on a GPU without the package or a Hopper chip SDPA (logged once).
 """
 
 from __future__ import annotations
@@ -98,7 +101,8 @@ def quantize(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.T
         for x, x8, scale in zip((q, k, v), (q8, k8, v8), scales):
             x8.copy_(x.float() / scale)
         return q8, k8, v8, torch.cat([scales, scales.reciprocal()])
-    assert k.numel() == v.numel()
+    if k.shape != v.shape:  # the kernels walk k and v as arrays of one length
+        raise ValueError(f"k and v must have one shape, got {tuple(k.shape)} and {tuple(v.shape)}")
     amax = torch.zeros(3, dtype=torch.float32, device=q.device)
     scales = torch.empty(6, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(max(q.numel(), k.numel()), BLOCK), 3)
