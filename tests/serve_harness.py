@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STARTUP_TIMEOUT = 1500  # FLUX.1-dev from an empty program cache; two tiny replicas on two shared cores: minutes
 # A replica's "optimization: ... compiled in 12.0 s" or "... loaded from cache in 1.1 s" line, prefixed by Ray.
 STARTED = re.compile(
-    r"ServeReplica:flux:Pipeline pid=(\d+)\).*optimization: transformer AoT-compiled .*, (compiled|loaded from cache) in"
+    r"ServeReplica:flux:Pipeline pid=(\d+)\).*optimization: transformer.* AoT-compiled .*, (compiled|loaded from cache) in"
 )
 SERVED = re.compile(r"ServeReplica:flux:Pipeline pid=(\d+)\).*CALL generate ")
 
