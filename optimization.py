@@ -42,7 +42,8 @@ from fp8 import fp8_unavailable, is_fp8, quantize_fp8_
 from fp8_kernels import fuse_single_block_quantization_, sdpa_as_fp8
 from fp8_kernels.cudnn_attention import unavailable as cudnn_unavailable
 from startup import stage
-from vae import apply_decoder_, load_or_compile_decoder
+from vae import apply_decoder_, compile_decoder
+from vae import fingerprint as decoder_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -249,16 +250,24 @@ def load_or_compile(
 ) -> tuple[dict[str, list[aoti.CompiledProgram]], bool]:
     """The programs for this transformer and setup from the program cache, else compiled from `calls()` and
     stored; and whether they came from the cache. `fp8` and `attention` as decided on the GPU."""
+    key = fingerprint(transformer, config, example_call, fp8, attention)
+    return load_or_build(config, key, lambda: compile_transformer(transformer, calls(), config, fp8, times), times)
+
+
+def load_or_build(
+    config: OptimizationConfig, key: dict, build: Callable[[], dict[str, list[aoti.CompiledProgram]]],
+    times: dict[str, float] | None = None, name: str = "",
+) -> tuple[dict[str, list[aoti.CompiledProgram]], bool]:
+    """The programs cached under `key`, else `build()`'s, stored; and whether they came from the cache."""
     if not config.cache:
-        return compile_transformer(transformer, calls(), config, fp8, times), False
+        return build(), False
     cache = aoti.ProgramCache(config.cache_folder, config.hub_repo, os.environ.get("HF_TOKEN"))
-    with stage("cache lookup", times):
-        key = fingerprint(transformer, config, example_call, fp8, attention)
+    with stage(f"{name}cache lookup", times):
         programs = cache.load(key)
     if programs is not None:
         return programs, True
     # Processes sharing the cache folder (Ray Serve replicas, serve.py) compile a setup once between them.
-    return cache.build_once(key, lambda: compile_transformer(transformer, calls(), config, fp8, times))
+    return cache.build_once(key, build)
 
 
 def program_weights(
@@ -346,10 +355,12 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         fp8_attention = compiled_options(options, fp8, attention)["fp8_attention"]
         decoder = None
         if config.vae_decoder:
-            width = example_call.get("width") or pipeline.default_sample_size * pipeline.vae_scale_factor
-            height = example_call.get("height") or pipeline.default_sample_size * pipeline.vae_scale_factor
-            decoder, decoder_cached = load_or_compile_decoder(pipeline.vae, config, width, height, times)
-            cached = cached and decoder_cached
+            side = pipeline.default_sample_size * pipeline.vae_scale_factor  # the pipeline's own default size
+            width, height = example_call.get("width") or side, example_call.get("height") or side
+            build = lambda: {"decoder": [compile_decoder(pipeline.vae, config, width, height, times)]}  # noqa: E731
+            decoders, decoder_cached = load_or_build(config, decoder_fingerprint(pipeline.vae, config), build, times,
+                                                     "VAE decoder ")
+            decoder, cached = decoders["decoder"][0], cached and decoder_cached
         return Compiled(programs, weights, fp8, attention, fp8_attention, decoder, cached, times)
 
     start = time.perf_counter()

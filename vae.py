@@ -4,13 +4,11 @@ Decoding is 3% of a 28-step 1024x1024 image on an H200 but 11% of a 4-step 512x5
 by torch.compile (bench/results/pipeline-h200/eager-aot-vae.json) it took 88 -> 37 ms and 24 -> 13 ms.
 This AoT program is not yet measured on a GPU (bench_pipeline's `aot_eager_vae` is the comparison).
 Its weights are not changed (no FP8: convolutions), so the program binds the module's own, in every
-process, and only the program travels back from the GPU function.
+process, and only the program travels back from the GPU function. optimization.py caches it under `fingerprint`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from dataclasses import asdict
 
 import diffusers
@@ -62,24 +60,6 @@ def fingerprint(vae: torch.nn.Module, config: OptimizationConfig) -> dict:
         "diffusers": diffusers.__version__,
         **aoti.cache.environment(vae.device.type),
     }
-
-
-def load_or_compile_decoder(vae: torch.nn.Module, config: OptimizationConfig, width: int, height: int,
-                            times: dict[str, float] | None = None) -> tuple[aoti.CompiledProgram, bool]:
-    """The decoder's program from the program cache, else compiled (once among processes sharing the cache)
-    and stored; and whether it came from the cache."""
-    build: Callable[[], dict[str, list[aoti.CompiledProgram]]] = lambda: {  # noqa: E731
-        "decoder": [compile_decoder(vae, config, width, height, times)]}
-    if not config.cache:
-        return build()["decoder"][0], False
-    cache = aoti.ProgramCache(config.cache_folder, config.hub_repo, os.environ.get("HF_TOKEN"))
-    key = fingerprint(vae, config)
-    with stage("VAE decoder cache lookup", times):
-        programs = cache.load(key)
-    if programs is not None:
-        return programs["decoder"][0], True
-    programs, cached = cache.build_once(key, build)
-    return programs["decoder"][0], cached
 
 
 def apply_decoder_(vae: torch.nn.Module, program: aoti.CompiledProgram) -> None:

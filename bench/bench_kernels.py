@@ -33,12 +33,6 @@ def flops(tokens: int) -> float:
     return 4 * HEADS * tokens * tokens * HEAD_DIM
 
 
-def fp8_everywhere(q, k, v, scale):
-    """The op's FP8 path at any token count."""
-    q8, k8, v8, scales = cudnn_attention.quantize(q, k, v)
-    return cudnn_attention.scale_cast(cudnn_attention.attend(q8, k8, v8, scales, scale), scales[2], q.dtype)
-
-
 def graphed(fn):
     """fn replayed as one CUDA graph: kernels without the host's launch cost, as in the compiled programs."""
     stream = torch.cuda.Stream()
@@ -77,7 +71,7 @@ def attention_rows(tokens: int, args) -> list[dict]:
         variants["cuDNN fp8 kernel (inputs quantized)"] = lambda: cudnn_attention.attend(q8c, k8c, v8c, scales, scale)
         out_scales["cuDNN fp8 kernel (inputs quantized)"] = scales[2]
         variants["cuDNN fp8 quantization alone"] = lambda: cudnn_attention.quantize(q, k, v)[0]
-        variants["cuDNN fp8 + quantization"] = lambda: fp8_everywhere(q, k, v, scale)
+        variants["cuDNN fp8 + quantization"] = lambda: cudnn_attention.attention_fp8(q, k, v, scale)
         variants["cuDNN fp8 op (bf16 below MIN_TOKENS)"] = lambda: cudnn_attention.cudnn_fp8_attention(q, k, v, scale)
         # AOTI_FP8_ATTENTION=cudnn_fused: the quantization compiled around the kernel, as in the programs.
         fused = torch.compile(cudnn_attention.fused_attention, fullgraph=True)

@@ -237,6 +237,11 @@ def cudnn_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_sc
         out = _sdpa(q, k, v, scale=sm_scale)
         shape, stride = output_layout(q)  # cuDNN's bf16 SDPA already returns this layout for diffusers' q
         return out if out.stride() == stride else torch.empty_strided(shape, stride, dtype=q.dtype, device=q.device).copy_(out)
+    return attention_fp8(q, k, v, sm_scale)
+
+
+def attention_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    """The op's FP8 path, at any token count: quantize, cuDNN's kernel, the output back in q's dtype."""
     q8, k8, v8, scales = quantize(q, k, v)
     return scale_cast(attend(q8, k8, v8, scales, sm_scale), scales[2], q.dtype)
 

@@ -46,9 +46,16 @@ def test_a_size_outside_the_range_is_refused(compiled_program):
 
 def test_a_second_start_loads_the_decoder_from_the_cache(tmp_path, compiled_program):
     config = OptimizationConfig(cache_dir=str(tmp_path))
-    first, cached = vae.load_or_compile_decoder(load_vae(), config, 256, 256)
+
+    def load_or_compile(width, height):
+        model = load_vae()
+        build = lambda: {"decoder": [vae.compile_decoder(model, config, width, height)]}  # noqa: E731
+        programs, cached = optimization.load_or_build(config, vae.fingerprint(model, config), build)
+        return programs["decoder"][0], cached
+
+    first, cached = load_or_compile(256, 256)
     assert not cached
-    again, cached = vae.load_or_compile_decoder(load_vae(), config, 512, 384)  # the example's size is not in the key
+    again, cached = load_or_compile(512, 384)  # the example's size is not in the key
     assert cached and again.package == first.package
 
 
