@@ -72,8 +72,7 @@ class OptimizationConfig:
     # FP8 only. Off: the double blocks' text-stream linears (512 rows) stay bf16, where cuBLAS's FP8 is slow.
     fp8_text_stream: bool = field(default=True, metadata=env("AOTI_FP8_TEXT_STREAM"))
     # FP8 only, where the backend is PyTorch's SDPA: attention in FP8 too. "cudnn": cuDNN's FP8 flash
-    # attention (Hopper+, 5 ms less per 1024x1024 step, same error); "cudnn_fused": the same with q, k, v
-    # quantized by the compiled graph (not yet measured on a GPU); "triton": fp8_kernels/ (slower); "off".
+    # attention (Hopper+, 5 ms less per 1024x1024 step, same error); "triton": fp8_kernels/ (slower); "off".
     fp8_attention: str = field(default="cudnn", metadata=env("AOTI_FP8_ATTENTION"))
     # The VAE decoder compiled too (vae.py): torch.compile halved it on an H200 (88 -> 37 ms at 1024x1024).
     vae_decoder: bool = field(default=True, metadata=env("AOTI_VAE"))
@@ -93,8 +92,8 @@ class OptimizationConfig:
     def __post_init__(self) -> None:
         if self.fp8_granularity not in ("row", "tensor"):
             raise ValueError(f"fp8_granularity must be 'row' or 'tensor', got {self.fp8_granularity!r}")
-        if self.fp8_attention not in ("off", "cudnn", "cudnn_fused", "triton"):
-            raise ValueError(f"fp8_attention must be 'off', 'cudnn', 'cudnn_fused' or 'triton', got {self.fp8_attention!r}")
+        if self.fp8_attention not in ("off", "cudnn", "triton"):
+            raise ValueError(f"fp8_attention must be 'off', 'cudnn' or 'triton', got {self.fp8_attention!r}")
         self.static_resolutions  # validates
 
     @property

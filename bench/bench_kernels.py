@@ -73,9 +73,6 @@ def attention_rows(tokens: int, args) -> list[dict]:
         variants["cuDNN fp8 quantization alone"] = lambda: cudnn_attention.quantize(q, k, v)[0]
         variants["cuDNN fp8 + quantization"] = lambda: cudnn_attention.attention_fp8(q, k, v, scale)
         variants["cuDNN fp8 op (bf16 below MIN_TOKENS)"] = lambda: cudnn_attention.cudnn_fp8_attention(q, k, v, scale)
-        # AOTI_FP8_ATTENTION=cudnn_fused: the quantization compiled around the kernel, as in the programs.
-        fused = torch.compile(cudnn_attention.fused_attention, fullgraph=True)
-        variants["cuDNN fp8, quantization compiled (cudnn_fused)"] = lambda: fused(q, k, v, scale)
     else:
         print(f"cuDNN FP8 attention: {unavailable}", flush=True)
     try:

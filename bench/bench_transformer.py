@@ -53,7 +53,7 @@ class Rung:
     fuse_qkv: bool = False
     static: bool = False  # static graphs for --static-sizes beside the dynamic one
     fused_quant: bool = False  # the single blocks' one-pass GELU + concat + FP8 quantization
-    fp8_attention: str = "off"  # attention in FP8 (fp8_kernels/): "cudnn", "cudnn_fused" or "triton"
+    fp8_attention: str = "off"  # attention in FP8 (fp8_kernels/): "cudnn" or "triton"
     fp8_text_stream: bool = True  # off: the double blocks' text-stream linears stay bf16
     inductor: tuple[tuple[str, Any], ...] = ()  # options over the run's, to compare one in the same process
 
@@ -77,7 +77,6 @@ RUNGS = {
     "aot_fp8_row_fp8attn": Rung("aot", fp8="row", fp8_attention="triton"),
     "aot_fp8_row_fusedq_fp8attn": Rung("aot", fp8="row", fused_quant=True, fp8_attention="triton"),
     "aot_fp8_row_fusedq_cudnnattn": Rung("aot", fp8="row", fused_quant=True, fp8_attention="cudnn"),
-    "aot_fp8_row_fusedq_cudnnfusedattn": Rung("aot", fp8="row", fused_quant=True, fp8_attention="cudnn_fused"),
     "aot_fp8_row_fusedq_bf16text_cudnnattn": Rung(
         "aot", fp8="row", fused_quant=True, fp8_text_stream=False, fp8_attention="cudnn"),
     # Inductor benchmarks Triton templates against cuBLAS for each GEMM shape at compile time.

@@ -36,6 +36,7 @@ ZEROGPU_LORA = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev-lora.json"
 PIPELINE = sorted((RESULTS / "pipeline-h200").glob("*.json"))
 # README.md's seconds per image: the app's default ("aot") as last measured; eager and torch.compile from every run.
 PIPELINE_DEFAULT = RESULTS / "pipeline-h200" / "eager-aot-cudnn-fp8-attention.json"
+VAE = sorted((RESULTS / "vae-h200").glob("*.json"))
 LORA = RESULTS / "lora-h200" / "ranks-16-64-128.json"
 SERVE = sorted((RESULTS / "serve-h200").glob("*.json"))
 PAGES = (ROOT / "bench" / "README.md", ROOT / "README.md")
@@ -55,7 +56,8 @@ SPEED = {"eager bf16": "eager", "`torch.compile` + FP8": "torch_compile_fp8",
          "this template (AoT, FP8, CUDA graphs)": "aot_fp8_row_fusedq_cudnnattn+cudagraph"}
 # Runs whose rungs ran code the template no longer has: in bench/README.md, not in README.md's summary.
 SUPERSEDED = {"run16-bf16text-cudnn-attention"}  # cuDNN attention with ATen quantization, FP8 at every size
-KERNELS = [RESULTS / "kernels-h200" / name for name in ("kernels.json", "cudnn-fp8-attention-cudagraph.json")]
+KERNELS = [RESULTS / "kernels-h200" / name for name in
+           ("kernels.json", "cudnn-fp8-attention-cudagraph.json", "cudnn-fp8-attention-fused-cudagraph.json")]
 
 
 def natural(path: Path) -> list:
@@ -305,6 +307,29 @@ def render_kernels(paths: list[Path]) -> str:
     return "\n".join(lines).rstrip()
 
 
+def inductor_options(configs: dict | None) -> str:
+    """How options differ from the project's current ones, for a table cell ("-": not compiled)."""
+    if configs is None:
+        return "-"
+    return options_label(configs).strip(" ()") or "the project's"
+
+
+def render_vae(paths: list[Path]) -> str:
+    """bench_vae: the VAE decoder's AoT program under each set of inductor options, against the eager decoder."""
+    lines = []
+    for path in paths:
+        run = json.loads(path.read_text())
+        eager = {r["size"]: r["ms"] for r in run["rows"] if r["options"] == "eager"}
+        lines += [
+            f"{versions(run['env'])}: `{command(run['env']['command'], path)}`; median decode of the same latents.", "",
+            "| options | inductor options | size | ms | vs eager | compile, s | error vs eager |", "|---|---|---|---:|---:|---:|---:|",
+            *[f"| {r['options']} | {inductor_options(run['options'].get(r['options']))} | {r['size']} | {r['ms']:.1f} | "
+              f"{eager[r['size']] / r['ms']:.2f}x | {r['compile_s']:.0f} | {r['rel_error_vs_eager']:.1e} |" for r in run["rows"]],
+            "",
+        ]
+    return "\n".join(lines).rstrip()
+
+
 def lora_rows(run: dict) -> dict[tuple[str, str], dict]:
     return {(r["precision"], r["lora"]): r for r in run["rows"]}
 
@@ -470,6 +495,7 @@ def sections() -> dict[str, str]:
         "summary": render_summary(rows, COLDSTART[0]),
         "images": render_pipeline_summary(PIPELINE, PIPELINE_DEFAULT),
         "pipeline": render_pipeline(PIPELINE),
+        "vae": render_vae(VAE),
         "loras": render_lora_summary(LORA),
         "lora": render_lora(LORA),
         "transformer": render(rows),

@@ -21,12 +21,12 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import wraps
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from .cudnn_attention import cudnn_fp8_attention, fused_attention
+from .cudnn_attention import cudnn_fp8_attention
 
 try:
     import triton
@@ -38,7 +38,7 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
 P_LOG2_SCALE = 8.0  # probabilities times 2^8 in FP8: in [0, 256], clear of e4m3's subnormals
 _sdpa = F.scaled_dot_product_attention  # the original, also while `sdpa_as_fp8` has replaced it
-KERNELS = ("cudnn", "cudnn_fused", "triton")
+KERNELS = ("cudnn", "triton")
 
 
 def quantize_per_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -164,8 +164,6 @@ def scaled_dot_product_attention_fp8(
     sm_scale = scale if scale is not None else 1.0 / math.sqrt(head_dim)
     if kernel == "cudnn":
         return cudnn_fp8_attention(query, key, value, sm_scale)
-    if kernel == "cudnn_fused":
-        return fused_attention(query, key, value, sm_scale)
     q8, q_scale = quantize_per_head(query)
     k8, k_scale = quantize_per_head(key)
     vt8, v_scale = quantize_value(value)
@@ -182,12 +180,7 @@ def sdpa_as_fp8(kernel: str) -> Iterator[None]:
     """
     if kernel not in KERNELS:
         raise ValueError(f"FP8 attention kernel must be one of {KERNELS}, got {kernel!r}")
-    # A function, not a partial: torch.cond's tracing (cudnn_fused) wants the callables it meets named.
-    @wraps(scaled_dot_product_attention_fp8)
-    def in_fp8(*args, **kwargs):
-        return scaled_dot_product_attention_fp8(*args, **kwargs, kernel=kernel)
-
-    F.scaled_dot_product_attention = in_fp8
+    F.scaled_dot_product_attention = partial(scaled_dot_product_attention_fp8, kernel=kernel)
     try:
         yield
     finally:

@@ -6,13 +6,12 @@ library PyTorch already ships. It takes per-tensor scales: one for each of q, k 
 softmax probabilities (always within [0, 1]) and one for the output, which on Hopper is FP8 too (at
 most max|v|, so v's scale serves it).
 
-Two ways into the compiled program, `AOTI_FP8_ATTENTION`'s "cudnn" and "cudnn_fused":
-- `cudnn_fp8_attention`: the whole computation in one custom op (amax and quantization of q, k, v by
-  two Triton passes, cuDNN's kernel, the output back in bf16), which AOTInductor calls from the program;
-- `fused_attention`: the quantization in torch ops that the compiler fuses with the kernels making q, k
-  and v, and only cuDNN's kernel in an op (`cudnn_fp8_attention_quantized`).
-A program compiled with either runs anywhere: on a CPU the ops run the same per-tensor FP8 math in
-torch ops, on a GPU without the package or a Hopper chip SDPA (logged once).
+`cudnn_fp8_attention` is the whole computation in one custom op (amax and quantization of q, k, v by
+two Triton passes, cuDNN's kernel, the output back in bf16), which AOTInductor calls from the program.
+Quantizing in the compiled graph instead, with only the kernel in an op, was slower on the H200 (92.2
+against 90.9 ms per 1024x1024 step; bench/NOTES.md, session 14). A program compiled with the op runs
+anywhere: on a CPU it runs the same per-tensor FP8 math in torch ops, on a GPU without the package or
+a Hopper chip SDPA (logged once).
 """
 
 from __future__ import annotations
@@ -268,58 +267,3 @@ def attend(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, scales: torch.T
 def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float) -> torch.Tensor:
     shape, stride = output_layout(q)
     return torch.empty_strided(shape, stride, dtype=q.dtype, device=q.device)
-
-
-# The variant with the quantization in the compiled graph ("cudnn_fused"): inductor writes q, k and v in FP8
-# straight from the kernels that make them (RoPE), the op runs cuDNN's kernel alone, and the output's scale
-# is applied by whatever reads it next; below MIN_TOKENS a torch.cond keeps PyTorch's own SDPA in the graph.
-
-
-@torch.library.custom_op("flux_fast::cudnn_fp8_attention_quantized", mutates_args=())
-def cudnn_fp8_attention_quantized(
-    q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, scales: torch.Tensor, sm_scale: float
-) -> torch.Tensor:
-    """cuDNN's FP8 attention on `quantize`-style inputs (scales [6]); FP8 [B, H, S, D], to be multiplied by scales[2]."""
-    if q8.device.type == "cuda" and (reason := unavailable(q8.device)) is None:
-        return attend(q8, k8, v8, scales, sm_scale)
-    if q8.device.type == "cuda":
-        _warn_once(f"FP8 attention runs as SDPA on dequantized inputs on this GPU: {reason}")
-    q, k, v = (x8.to(torch.bfloat16 if x8.is_cuda else torch.float32) * s for x8, s in zip((q8, k8, v8), scales))
-    out = _sdpa(q, k, v, scale=sm_scale)
-    return torch.empty_strided(*output_layout(q8), dtype=FP8, device=q8.device).copy_(out / scales[2])
-
-
-@cudnn_fp8_attention_quantized.register_fake
-def _(q8: torch.Tensor, k8: torch.Tensor, v8: torch.Tensor, scales: torch.Tensor, sm_scale: float) -> torch.Tensor:
-    return torch.empty_strided(*output_layout(q8), dtype=FP8, device=q8.device)
-
-
-def quantize_in_graph(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """`quantize` in torch ops, for the compiler to fuse. Each amax reduces per token first: with
-    inductor's split reductions off, one reduction over a whole tensor would run in one thread block."""
-    amax = torch.stack([x.abs().amax(dim=(1, 3)).amax() for x in (q, k, v)]).float()
-    scales = (amax / FP8_MAX).clamp(min=1e-12)
-    q8, k8, v8 = ((x.float() / scale).to(FP8) for x, scale in zip((q, k, v), scales))
-    return q8, k8, v8, torch.cat([scales, scales.reciprocal()])
-
-
-def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float) -> torch.Tensor:
-    """bf16 [B, H, S, D] attention: in FP8 through cuDNN from MIN_TOKENS tokens on, PyTorch's SDPA below."""
-
-    def fp8(q, k, v):
-        q8, k8, v8, scales = quantize_in_graph(q, k, v)
-        out = cudnn_fp8_attention_quantized(q8, k8, v8, scales, sm_scale)
-        return (out.float() * scales[2]).to(q.dtype)
-
-    def native(q, k, v):
-        return _in_output_layout(_sdpa(q, k, v, scale=sm_scale))
-
-    large = q.shape[-2] >= MIN_TOKENS
-    if isinstance(large, bool):  # a static shape: only one branch can run
-        return fp8(q, k, v) if large else native(q, k, v)
-    return torch.cond(large, fp8, native, (q, k, v))
-
-
-def _in_output_layout(out: torch.Tensor) -> torch.Tensor:
-    """`out` in the op's output layout, copied only where it is not (torch.cond's branches must agree)."""
-    return out.transpose(1, 2).contiguous().transpose(1, 2)

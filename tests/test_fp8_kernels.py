@@ -72,7 +72,7 @@ def test_only_per_row_fp8_blocks_are_fused(fp8_on_cpu):
     assert "forward" not in vars(bf16) and "forward" not in vars(per_tensor)
 
 
-@pytest.mark.parametrize("kernel", ["cudnn", "cudnn_fused", "triton"])
+@pytest.mark.parametrize("kernel", ["cudnn", "triton"])
 def test_fp8_attention_is_close_to_fp32_sdpa(kernel, monkeypatch):
     monkeypatch.setattr(cudnn_attention, "MIN_TOKENS", 0)  # FP8 at any size
     q, k, v = normed_qkv(300)
@@ -84,7 +84,7 @@ def test_fp8_attention_is_close_to_fp32_sdpa(kernel, monkeypatch):
     assert rel_error(out.float(), expected) < 0.06
 
 
-@pytest.mark.parametrize("kernel", ["cudnn", "cudnn_fused", "triton"])
+@pytest.mark.parametrize("kernel", ["cudnn", "triton"])
 @pytest.mark.parametrize("case", ["mask", "causal", "head_dim_48"])
 def test_fp8_attention_leaves_other_calls_to_sdpa(case, kernel):
     head_dim = 48 if case == "head_dim_48" else 128
@@ -99,7 +99,7 @@ def test_sdpa_is_restored_after_the_swap():
     original = F.scaled_dot_product_attention
     with pytest.raises(RuntimeError, match="inside"):
         with sdpa_as_fp8("cudnn"):
-            assert F.scaled_dot_product_attention.__wrapped__ is attention.scaled_dot_product_attention_fp8
+            assert F.scaled_dot_product_attention.func is attention.scaled_dot_product_attention_fp8
             raise RuntimeError("inside")
     assert F.scaled_dot_product_attention is original
     with pytest.raises(ValueError, match="flash"):
@@ -128,20 +128,6 @@ def test_cudnn_quantization_round_trips_each_tensor_with_its_own_scale():
         assert rel_error(x8.float() * scale, x.float()) < 0.04  # 3 mantissa bits
 
 
-def test_fused_cudnn_attention_keeps_sdpa_below_min_tokens():
-    q, k, v = (x.bfloat16() for x in normed_qkv(64))
-    out = cudnn_attention.fused_attention(q, k, v, 0.1)
-    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v, scale=0.1))
-    assert out.transpose(1, 2).is_contiguous()  # the layout of the FP8 branch's output
-
-
-def test_fused_cudnn_quantization_matches_the_ops():
-    """The in-graph quantization gives the op's bytes and scales."""
-    q, k, v = (x.bfloat16() for x in normed_qkv(64))
-    for ours, theirs in zip(cudnn_attention.quantize_in_graph(q, k, v), cudnn_attention.quantize(q, k, v)):
-        assert torch.equal(ours.float(), theirs.float())
-
-
 def test_cudnn_kernel_says_why_it_cannot_run(monkeypatch):
     assert cudnn_attention.unavailable("cpu") == "no CUDA device"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -161,8 +147,7 @@ def test_export_records_the_fp8_ops(fp8_on_cpu, monkeypatch):
     holder.single_transformer_blocks = torch.nn.ModuleList([block])
     fuse_single_block_quantization_(holder)
     monkeypatch.setattr(cudnn_attention, "MIN_TOKENS", 0)  # the block's 80 tokens in FP8
-    for kernel, op in (("triton", "flux_fast.fp8_attention.default"), ("cudnn", "flux_fast.cudnn_fp8_attention.default"),
-                       ("cudnn_fused", "flux_fast.cudnn_fp8_attention_quantized.default")):
+    for kernel, op in (("triton", "flux_fast.fp8_attention.default"), ("cudnn", "flux_fast.cudnn_fp8_attention.default")):
         with aoti.weights.unwrapped_subclasses(block), sdpa_as_fp8(kernel):
             program = torch.export.export(block, tuple(block_inputs()), strict=False)
         targets = {str(node.target) for node in program.graph.nodes}
@@ -193,11 +178,11 @@ def transformer_call(h, w, seed=0):
     )
 
 
-@pytest.mark.parametrize("kernel", ["cudnn", "cudnn_fused", "triton"])
+@pytest.mark.parametrize("kernel", ["cudnn", "triton"])
 def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_cpu, kernel, monkeypatch):
     """Against fp32: FP8 noise is large on a tiny random model (5%), so the compiled program is held to
     eager FP8's own error rather than compared with it value by value. The threshold between the sizes
-    (272 and 400 tokens) puts one on each side of cudnn_fused's torch.cond."""
+    (272 and 400 tokens) puts one on each side of the op's switch to bf16 SDPA."""
     monkeypatch.setattr(cudnn_attention, "MIN_TOKENS", 300)
     config = OptimizationConfig(cache=False, attention_backend="native", fp8_fused_quantization=True, fp8_attention=kernel)
     reference = tiny_transformer().float()
@@ -280,14 +265,3 @@ def test_cudnn_op_matches_its_torch_path(tokens):
         expected = cudnn_attention.reference(q, k, v, 128 ** -0.5)
         # Both quantize alike; cuDNN also keeps the probabilities in FP8.
         assert rel_error(out.float(), expected.float()) < 0.04
-
-
-@cuda
-def test_fused_cudnn_attention_matches_the_op():
-    """Same quantization and kernel as the op; only where the output's scale is applied differs."""
-    q, k, v = (x.bfloat16() for x in normed_qkv(4544, device="cuda", heads=24))
-    out = cudnn_attention.fused_attention(q, k, v, 128 ** -0.5)
-    compiled = torch.compile(cudnn_attention.fused_attention, fullgraph=True)(q, k, v, 128 ** -0.5)
-    expected = cudnn_attention.cudnn_fp8_attention(q, k, v, 128 ** -0.5)
-    assert rel_error(out.float(), expected.float()) < 1e-2 and rel_error(compiled.float(), expected.float()) < 1e-2
-

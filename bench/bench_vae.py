@@ -1,0 +1,92 @@
+"""The VAE decoder alone: eager against its AoT program under several inductor option sets, one process.
+
+    python -m bench.bench_vae --json bench/results/NAME.json          # FLUX.1-dev's VAE, random weights (GPU)
+    python -m bench.bench_vae --model tiny --json OUT.json             # the embedded model on the CPU: code path only
+
+Each option set compiles one dynamic program (vae.compile_decoder, as the app does) and decodes the same
+latents at every size; ms is the median decode (`vae.decode`), error is against the eager bf16 decoder.
+  default          OptimizationConfig's inductor options, as the app compiles the decoder (reductions unsplit)
+  split            those with split reductions on
+  inductor         inductor's own defaults, with only the host wrapper at -O0
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL
+
+import vae
+from bench.bench_pipeline import FLUX_VAE
+from bench.bench_transformer import environment, median_ms, rel_error
+from config import EMBEDDED_MODEL, OptimizationConfig
+
+SIZES = ((1024, 1024), (1344, 768), (512, 512))
+DEFAULT = OptimizationConfig().inductor_configs
+CONFIGS = {
+    "default": OptimizationConfig(),
+    "split": OptimizationConfig(inductor_configs={**DEFAULT, "split_reductions": True}),
+    "inductor": OptimizationConfig(inductor_configs={"aot_inductor.compile_wrapper_opt_level": "O0"}),
+}
+
+
+def build(model: str) -> AutoencoderKL:
+    if model == "tiny":
+        return AutoencoderKL.from_pretrained(EMBEDDED_MODEL, subfolder="vae").eval()
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        return AutoencoderKL(**FLUX_VAE).to(torch.bfloat16).eval().requires_grad_(False)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=["flux-dev", "tiny"], default="flux-dev")
+    parser.add_argument("--options", nargs="+", default=list(CONFIGS), choices=CONFIGS)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--json", type=Path, required=True)
+    args = parser.parse_args()
+    eager = build(args.model)
+    g = torch.Generator().manual_seed(0)
+    latents = {(w, h): torch.randn(1, eager.config.latent_channels, h // vae.PIXELS_PER_LATENT,
+                                   w // vae.PIXELS_PER_LATENT, generator=g).to(eager.device, eager.dtype)
+               for w, h in SIZES}
+    results: dict = {"env": environment(), "model": args.model, "rows": [],
+                     "options": {k: dict(CONFIGS[k].inductor_configs) for k in args.options}}
+    reference = {}
+    with torch.no_grad():
+        for name in ["eager", *args.options]:
+            model, compile_s = eager, 0.0
+            if name != "eager":
+                model = copy.deepcopy(eager)
+                start = time.perf_counter()
+                vae.apply_decoder_(model, vae.compile_decoder(model, CONFIGS[name], *SIZES[0]))
+                compile_s = time.perf_counter() - start
+            for size, z in latents.items():
+                out = model.decode(z).sample
+                reference.setdefault(size, out)
+                row = dict(options=name, size="%dx%d" % size, compile_s=compile_s,
+                           ms=median_ms(lambda: model.decode(z), warmup=3, iters=args.iters),
+                           rel_error_vs_eager=rel_error(out.float(), reference[size].float()))
+                results["rows"].append(row)
+                print(json.dumps(row), flush=True)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=1))
+    print_table(results)
+
+
+def print_table(results: dict) -> None:
+    print(f"\n{results['env']}")
+    eager = {r["size"]: r["ms"] for r in results["rows"] if r["options"] == "eager"}
+    print(f"{'options':12} {'size':10} {'ms':>8} {'vs eager':>9} {'compile s':>10} {'err':>8}")
+    for r in results["rows"]:
+        print(f"{r['options']:12} {r['size']:10} {r['ms']:8.2f} {eager[r['size']] / r['ms']:8.2f}x "
+              f"{r['compile_s']:10.1f} {r['rel_error_vs_eager']:8.1e}")
+
+
+if __name__ == "__main__":
+    main()
