@@ -151,6 +151,11 @@ def text_stream(name: str) -> bool:
 SERVING_OPTIONS = frozenset({"aot", "cuda_graphs", "cache", "cache_dir", "hub_repo", "vae_decoder"})
 
 
+def fp8_attention_kernel(config: OptimizationConfig, fp8: bool, attention: str) -> str:
+    """The FP8 attention kernel the programs record, "off" where they don't: only SDPA calls are swapped."""
+    return config.fp8_attention if fp8 and attention == SDPA else "off"
+
+
 def compiled_options(config: OptimizationConfig, fp8: bool, attention: str) -> dict[str, Any]:
     """Every other option of `config`, with what the GPU decided in place of what was asked for.
 
@@ -162,8 +167,7 @@ def compiled_options(config: OptimizationConfig, fp8: bool, attention: str) -> d
         "fp8_granularity": config.fp8_granularity if fp8 else None,
         "fp8_fused_quantization": fp8 and config.fp8_granularity == "row" and config.fp8_fused_quantization,
         "fp8_text_stream": config.fp8_text_stream if fp8 else None,
-        # Other backends don't call SDPA.
-        "fp8_attention": config.fp8_attention if fp8 and attention == SDPA else "off",
+        "fp8_attention": fp8_attention_kernel(config, fp8, attention),
         "attention_backend": attention,
         "dynamic": asdict(IMAGE_SEQ) if config.dynamic else None,  # range and step of the image tokens
         "static_sizes": config.static_resolutions,
@@ -232,7 +236,7 @@ def compile_transformer(
     axes = block_axes(text_tokens) if config.regional else DYNAMIC_AXES
     dynamic = [None] * (len(calls) - 1) + [axes if config.dynamic else None]
     # FP8 attention is recorded into the programs: export sees diffusers' SDPA calls run in FP8.
-    fp8_attention = compiled_options(config, fp8, SDPA)["fp8_attention"]  # only SDPA calls are swapped
+    fp8_attention = fp8_attention_kernel(config, fp8, SDPA)
     with stage("export", times), sdpa_as_fp8(fp8_attention) if fp8_attention != "off" else nullcontext():
         exported = {
             kind: [aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional)
@@ -352,7 +356,7 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         if cached:  # else the compile has prepared it
             prepare_transformer_(transformer, options, fp8, times)
         weights = aoti.HostShared(program_weights(transformer, programs, options))
-        fp8_attention = compiled_options(options, fp8, attention)["fp8_attention"]
+        fp8_attention = fp8_attention_kernel(options, fp8, attention)
         decoder = None
         if config.vae_decoder:
             side = pipeline.default_sample_size * pipeline.vae_scale_factor  # the pipeline's own default size

@@ -322,7 +322,8 @@ def render_vae(paths: list[Path]) -> str:
         eager = {r["size"]: r["ms"] for r in run["rows"] if r["options"] == "eager"}
         lines += [
             f"{versions(run['env'])}: `{command(run['env']['command'], path)}`; median decode of the same latents.", "",
-            "| options | inductor options | size | ms | vs eager | compile, s | error vs eager |", "|---|---|---|---:|---:|---:|---:|",
+            "| options | inductor options | size | ms | vs eager | compile, s | error vs eager |",
+            "|---|---|---|---:|---:|---:|---:|",
             *[f"| {r['options']} | {inductor_options(run['options'].get(r['options']))} | {r['size']} | {r['ms']:.1f} | "
               f"{eager[r['size']] / r['ms']:.2f}x | {r['compile_s']:.0f} | {r['rel_error_vs_eager']:.1e} |" for r in run["rows"]],
             "",

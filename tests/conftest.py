@@ -42,6 +42,18 @@ def load_transformer(dtype=torch.float32) -> FluxTransformer2DModel:
     return FluxTransformer2DModel.from_pretrained(EMBEDDED_MODEL, subfolder="transformer", dtype=dtype).eval()
 
 
+def allow_fp8_on_cpu(patch: pytest.MonkeyPatch) -> None:
+    """torchao refuses FP8 without an FP8 GPU; on CPU its FP8 runs, which is what the wiring tests need."""
+    from torchao.quantization import quant_api
+
+    patch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+
+
+@pytest.fixture
+def fp8_on_cpu(monkeypatch):
+    allow_fp8_on_cpu(monkeypatch)
+
+
 def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
     out, ref = torch.as_tensor(out).double(), torch.as_tensor(ref).double()
     return ((out - ref).norm() / ref.norm()).item()

@@ -8,12 +8,11 @@ by the benchmark on the GPU machine, not here.
 import numpy as np
 import pytest
 import torch
-import torchao.quantization.quant_api as quant_api
 
 import fp8
 import optimization
 from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
-from conftest import load_pipeline
+from conftest import allow_fp8_on_cpu, load_pipeline
 
 
 @pytest.mark.parametrize(
@@ -52,7 +51,7 @@ def bf16_image():
 
 @pytest.mark.parametrize("regional", [True, False])
 def test_fp8_quantize_export_compile_apply(monkeypatch, bf16_image, regional):
-    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    allow_fp8_on_cpu(monkeypatch)
     monkeypatch.setattr(optimization, "fp8_unavailable", lambda *args: None)
     reference = bf16_image
     pipe = load_pipeline(torch.bfloat16)
@@ -76,7 +75,7 @@ def test_fp8_quantize_export_compile_apply(monkeypatch, bf16_image, regional):
 
 
 def test_the_text_stream_can_stay_bf16(monkeypatch, bf16_image):
-    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    allow_fp8_on_cpu(monkeypatch)
     monkeypatch.setattr(optimization, "fp8_unavailable", lambda *args: None)
     pipe = load_pipeline(torch.bfloat16)
     optimization.optimize_pipeline_(
@@ -98,7 +97,7 @@ def test_unwrapping_fp8_parameters_is_undone_exactly(monkeypatch):
 
     from aoti.weights import named_weights, unwrapped_subclasses
 
-    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    allow_fp8_on_cpu(monkeypatch)
     module = torch.nn.Sequential(torch.nn.Linear(32, 16)).to(torch.bfloat16)  # FP8 needs sizes divisible by 16
     fp8.quantize_fp8_(module, "row")
     weight = module[0].weight
@@ -115,7 +114,7 @@ def test_quantizing_leaves_inductors_settings_alone(monkeypatch):
     several times longer, with options the program cache's key does not record."""
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    allow_fp8_on_cpu(monkeypatch)
     before = inductor_config.get_config_copy()
     fp8.quantize_fp8_(torch.nn.Sequential(torch.nn.Linear(32, 16)).to(torch.bfloat16), "row")
     assert inductor_config.get_config_copy() == before

@@ -10,7 +10,6 @@ machine (bench/results/kernels-h200/ has their run).
 import pytest
 import torch
 import torch.nn.functional as F
-import torchao.quantization.quant_api as quant_api
 from diffusers import FluxTransformer2DModel
 from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
 
@@ -22,11 +21,6 @@ from fp8 import quantize_fp8_
 from fp8_kernels import attention, cudnn_attention, fuse_single_block_quantization_, quantize, sdpa_as_fp8
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
-
-
-@pytest.fixture
-def fp8_on_cpu(monkeypatch):
-    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
 
 
 def single_block(device="cpu"):

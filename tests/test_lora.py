@@ -10,14 +10,13 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torchao.quantization.quant_api as quant_api
 from safetensors.torch import save_file
 
 import aoti
 import fp8
 import optimization
 from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
-from conftest import ROOT, load_pipeline
+from conftest import ROOT, allow_fp8_on_cpu, load_pipeline
 from lora import HubLora, LocalLora, LoraError, LoraFuser, LoraLibrary, check_scale, keep_masters, resolve
 from lora.library import _pick_weight_file
 
@@ -266,7 +265,7 @@ def test_kohyas_outer_layers_are_applied_not_dropped(tmp_path):
 
 
 def test_requantizing_a_master_gives_the_base_fp8_weight_bit_for_bit(monkeypatch):
-    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    allow_fp8_on_cpu(monkeypatch)
     layer = torch.nn.Sequential(torch.nn.Linear(48, 32)).to(torch.bfloat16)
     master = layer[0].weight.detach().clone()
     fp8.quantize_fp8_(layer, "row")
@@ -278,13 +277,13 @@ def test_requantizing_a_master_gives_the_base_fp8_weight_bit_for_bit(monkeypatch
 @pytest.fixture(scope="module")
 def fp8_compiled():
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+        allow_fp8_on_cpu(patch)
         patch.setattr(optimization, "fp8_unavailable", lambda *args: None)
         return compiled_pipeline(torch.bfloat16, fp8_granularity="row")  # patched only while compiling
 
 
 def test_fp8_layers_get_the_quantized_sum_of_master_and_lora_and_back(fp8_compiled, library, monkeypatch):
-    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    allow_fp8_on_cpu(monkeypatch)
     pipe, fuser = fp8_compiled
     fp8_slots = [s for s in fuser.slots.values() if s.fp8]
     assert fp8_slots and all(s.layer in fuser._masters for s in fp8_slots)
@@ -311,7 +310,7 @@ def test_fp8_layers_get_the_quantized_sum_of_master_and_lora_and_back(fp8_compil
 
 
 def test_a_bf16_text_stream_in_fp8_blocks_takes_the_lora_too(library, monkeypatch):
-    monkeypatch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
+    allow_fp8_on_cpu(monkeypatch)
     monkeypatch.setattr(optimization, "fp8_unavailable", lambda *args: None)
     pipe, fuser = compiled_pipeline(torch.bfloat16, fp8_granularity="row", fp8_text_stream=False)
     text, image = fuser.slots["transformer.transformer_blocks.0.attn.add_q_proj"], fuser.slots[
