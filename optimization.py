@@ -362,8 +362,8 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
             side = pipeline.default_sample_size * pipeline.vae_scale_factor  # the pipeline's own default size
             width, height = example_call.get("width") or side, example_call.get("height") or side
             build = lambda: {"decoder": [compile_decoder(pipeline.vae, config, width, height, times)]}  # noqa: E731
-            decoders, decoder_cached = load_or_build(config, decoder_fingerprint(pipeline.vae, config), build, times,
-                                                     "VAE decoder ")
+            key = decoder_fingerprint(pipeline.vae, config, width, height)
+            decoders, decoder_cached = load_or_build(config, key, build, times, "VAE decoder ")
             decoder, cached = decoders["decoder"][0], cached and decoder_cached
         return Compiled(programs, weights, fp8, attention, fp8_attention, decoder, cached, times)
 

@@ -39,23 +39,26 @@ def capture_decoder(vae: torch.nn.Module, width: int, height: int) -> aoti.Captu
 
 def compile_decoder(vae: torch.nn.Module, config: OptimizationConfig, width: int, height: int,
                     times: dict[str, float] | None = None) -> aoti.CompiledProgram:
-    """Capture, export (dynamic latent sides, weights as inputs) and compile `vae.decoder`."""
+    """Capture, export (latent sides dynamic unless `config.dynamic` is off; weights as inputs) and compile
+    `vae.decoder`."""
     with stage("VAE decoder capture", times):
         call = capture_decoder(vae, width, height)
     with stage("VAE decoder export", times):
-        exported = aoti.export(vae.decoder, call, DYNAMIC_AXES, weights_as_inputs=True)
+        exported = aoti.export(vae.decoder, call, DYNAMIC_AXES if config.dynamic else None, weights_as_inputs=True)
     with stage("VAE decoder compile", times):
         return aoti.compile(exported, compiler_options(config, fp8=False))
 
 
-def fingerprint(vae: torch.nn.Module, config: OptimizationConfig) -> dict:
-    """Everything the decoder's program depends on; its weights' values are not among them."""
+def fingerprint(vae: torch.nn.Module, config: OptimizationConfig, width: int, height: int) -> dict:
+    """Everything the decoder's program depends on; its weights' values are not among them (nor, dynamic, the
+    example's size)."""
     return {
         "module": "vae.decoder",
         "model": vae.config.get("_name_or_path", ""),
         "vae": {k: v for k, v in vae.config.items() if not k.startswith("_")},
         "dtype": str(vae.dtype),
-        "dynamic": [asdict(dim) for dim in (LATENT_HEIGHT, LATENT_WIDTH)],
+        "dynamic": [asdict(dim) for dim in (LATENT_HEIGHT, LATENT_WIDTH)] if config.dynamic else None,
+        "static_size": None if config.dynamic else [width, height],
         "inductor_configs": compiler_options(config, fp8=False),
         "diffusers": diffusers.__version__,
         **aoti.cache.environment(vae.device.type),

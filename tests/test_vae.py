@@ -50,7 +50,7 @@ def test_a_second_start_loads_the_decoder_from_the_cache(tmp_path, compiled_prog
     def load_or_compile(width, height):
         model = load_vae()
         build = lambda: {"decoder": [vae.compile_decoder(model, config, width, height)]}  # noqa: E731
-        programs, cached = optimization.load_or_build(config, vae.fingerprint(model, config), build)
+        programs, cached = optimization.load_or_build(config, vae.fingerprint(model, config, width, height), build)
         return programs["decoder"][0], cached
 
     first, cached = load_or_compile(256, 256)
@@ -63,3 +63,18 @@ def test_switching_the_decoder_off_keeps_the_transformers_programs():
     """AOTI_VAE is not part of the transformer's cache key: its programs stay valid either way."""
     on, off = OptimizationConfig(), OptimizationConfig(vae_decoder=False)
     assert optimization.compiled_options(on, True, "native") == optimization.compiled_options(off, True, "native")
+
+
+def test_a_static_decoder_serves_its_size_and_is_keyed_by_it():
+    """AOTI_DYNAMIC=0: one program for the example's size; another size is refused, not silently decoded."""
+    config = OptimizationConfig(dynamic=False, cache=False)
+    model, eager = load_vae(), load_vae()
+    vae.apply_decoder_(model, vae.compile_decoder(model, config, 256, 256))
+    z = latents(256, 256, seed=0)
+    with torch.no_grad():
+        torch.testing.assert_close(model.decode(z).sample, eager.decode(z).sample, atol=1e-4, rtol=1e-4)
+        with pytest.raises(ValueError):
+            model.decode(latents(256, 320, seed=0))
+    assert vae.fingerprint(model, config, 256, 256) != vae.fingerprint(model, config, 320, 256)
+    dynamic = OptimizationConfig()
+    assert vae.fingerprint(model, dynamic, 256, 256) == vae.fingerprint(model, dynamic, 320, 256)
