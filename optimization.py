@@ -42,7 +42,7 @@ from fp8 import fp8_unavailable, is_fp8, quantize_fp8_
 from fp8_kernels import fuse_single_block_quantization_, sdpa_as_fp8
 from fp8_kernels.cudnn_attention import unavailable as cudnn_unavailable
 from startup import stage
-from vae import apply_decoder_, compile_decoder
+from vae import apply_decoder_, compile_decoder, decoder_sizes
 from vae import fingerprint as decoder_fingerprint
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class Compiled:
     fp8: bool
     attention: str
     fp8_attention: str  # "off" where FP8 is off, the backend is not SDPA or the kernel cannot run
-    decoder: aoti.CompiledProgram | None  # the VAE decoder's program (vae.py), bound to its own weights
+    decoder: list[aoti.CompiledProgram] | None  # the VAE decoder's programs, one per size (vae.py)
     cached: bool  # loaded from the program cache instead of compiled
     stages: dict[str, float]  # seconds of each stage it ran
 
@@ -304,7 +304,7 @@ def apply_programs_(
 
 
 def packages(compiled: Compiled) -> list[aoti.CompiledProgram]:
-    return [p for group in compiled.programs.values() for p in group] + [compiled.decoder] * (compiled.decoder is not None)
+    return [p for group in compiled.programs.values() for p in group] + (compiled.decoder or [])
 
 
 def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **example_call: Any) -> OptimizationReport:
@@ -361,10 +361,11 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         if config.vae_decoder:
             side = pipeline.default_sample_size * pipeline.vae_scale_factor  # the pipeline's own default size
             width, height = example_call.get("width") or side, example_call.get("height") or side
-            build = lambda: {"decoder": [compile_decoder(pipeline.vae, config, width, height, times)]}  # noqa: E731
-            key = decoder_fingerprint(pipeline.vae, config, width, height)
+            sizes = decoder_sizes(width, height, config)
+            build = lambda: {"decoder": compile_decoder(pipeline.vae, config, sizes, times)}  # noqa: E731
+            key = decoder_fingerprint(pipeline.vae, config, sizes)
             decoders, decoder_cached = load_or_build(config, key, build, times, "VAE decoder ")
-            decoder, cached = decoders["decoder"][0], cached and decoder_cached
+            decoder, cached = decoders["decoder"], cached and decoder_cached
         return Compiled(programs, weights, fp8, attention, fp8_attention, decoder, cached, times)
 
     start = time.perf_counter()

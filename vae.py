@@ -1,31 +1,28 @@
-"""The VAE decoder, compiled ahead of time like the transformer: one graph for every UI resolution.
+"""The VAE decoder, compiled ahead of time: one static program per size, its eager forward for the rest.
 
-Decoding is 3% of a 28-step 1024x1024 image on an H200 but 11% of a 4-step 512x512 one; this program
-decodes in 63 ms instead of eager's 85 at 1024x1024, 16 instead of 21 at 512x512 (bench/README.md, "The
-VAE decoder alone"), compiled with the transformer's inductor options: split reductions made it slower.
-Its weights are not changed (no FP8: convolutions), so the program binds the module's own, in every
-process, and only the program travels back from the GPU function. optimization.py caches it under `fingerprint`.
+Decoding is 3% of a 28-step 1024x1024 image on an H200 but 11% of a 4-step 512x512 one. A static
+program decodes 1024x1024 in 38 ms against eager's 85 and compiles in 17 s; one dynamic program for
+every size took 64 ms and 40 s of compile (the sides known, inductor picks better kernels;
+bench/README.md, "The VAE decoder alone"). So the decoder is compiled for the pipeline's default size
+and the `AOTI_STATIC_SIZES`, and any other size runs the eager decoder on the same weights.
+Its weights are not changed (no FP8: convolutions), so the programs bind the module's own, in every
+process, and only the programs travel back from the GPU function. optimization.py caches them under
+`fingerprint`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from collections.abc import Sequence
 
 import diffusers
 import torch
 
 import aoti
 from compile_options import compiler_options
-from config import MAX_SIZE, MIN_SIZE, SIZE_STEP, OptimizationConfig
+from config import OptimizationConfig
 from startup import stage
 
 PIXELS_PER_LATENT = 8  # each side: FLUX's VAE downsamples 8x
-# The decoder's input is the latent image; its sides are free within the UI's range, in its steps.
-LATENT_HEIGHT, LATENT_WIDTH = (
-    aoti.Dim(name, MIN_SIZE // PIXELS_PER_LATENT, MAX_SIZE // PIXELS_PER_LATENT, multiple=SIZE_STEP // PIXELS_PER_LATENT)
-    for name in ("latent_height", "latent_width")
-)
-DYNAMIC_AXES = {0: {2: LATENT_HEIGHT, 3: LATENT_WIDTH}}  # Decoder.forward(sample): [B, C, H / 8, W / 8]
 
 
 def capture_decoder(vae: torch.nn.Module, width: int, height: int) -> aoti.CapturedCall:
@@ -37,34 +34,50 @@ def capture_decoder(vae: torch.nn.Module, width: int, height: int) -> aoti.Captu
     return call
 
 
-def compile_decoder(vae: torch.nn.Module, config: OptimizationConfig, width: int, height: int,
-                    times: dict[str, float] | None = None) -> aoti.CompiledProgram:
-    """Capture, export (latent sides dynamic unless `config.dynamic` is off; weights as inputs) and compile
-    `vae.decoder`."""
+def decoder_sizes(width: int, height: int, config: OptimizationConfig) -> list[tuple[int, int]]:
+    """The (width, height) sizes the decoder is compiled for: the example's, then `config.static_resolutions`."""
+    return list(dict.fromkeys([(width, height), *config.static_resolutions]))
+
+
+def compile_decoder(vae: torch.nn.Module, config: OptimizationConfig, sizes: Sequence[tuple[int, int]],
+                    times: dict[str, float] | None = None) -> list[aoti.CompiledProgram]:
+    """Capture, export (static, weights as inputs) and compile `vae.decoder` for each (width, height)."""
     with stage("VAE decoder capture", times):
-        call = capture_decoder(vae, width, height)
+        calls = [capture_decoder(vae, width, height) for width, height in sizes]
     with stage("VAE decoder export", times):
-        exported = aoti.export(vae.decoder, call, DYNAMIC_AXES if config.dynamic else None, weights_as_inputs=True)
+        exported = [aoti.export(vae.decoder, call, weights_as_inputs=True) for call in calls]
     with stage("VAE decoder compile", times):
-        return aoti.compile(exported, compiler_options(config, fp8=False))
+        return [aoti.compile(program, compiler_options(config, fp8=False)) for program in exported]
 
 
-def fingerprint(vae: torch.nn.Module, config: OptimizationConfig, width: int, height: int) -> dict:
-    """Everything the decoder's program depends on; its weights' values are not among them (nor, dynamic, the
-    example's size)."""
+def fingerprint(vae: torch.nn.Module, config: OptimizationConfig, sizes: Sequence[tuple[int, int]]) -> dict:
+    """Everything the decoder's programs depend on; its weights' values are not among them."""
     return {
         "module": "vae.decoder",
         "model": vae.config.get("_name_or_path", ""),
         "vae": {k: v for k, v in vae.config.items() if not k.startswith("_")},
         "dtype": str(vae.dtype),
-        "dynamic": [asdict(dim) for dim in (LATENT_HEIGHT, LATENT_WIDTH)] if config.dynamic else None,
-        "static_size": None if config.dynamic else [width, height],
+        "sizes": [list(size) for size in sizes],
         "inductor_configs": compiler_options(config, fp8=False),
         "diffusers": diffusers.__version__,
         **aoti.cache.environment(vae.device.type),
     }
 
 
-def apply_decoder_(vae: torch.nn.Module, program: aoti.CompiledProgram) -> None:
-    """`vae.decoder` runs `program` from now on, bound to its own weights (no copy)."""
-    aoti.apply(vae.decoder, program)
+class DecoderForward:
+    """`vae.decoder`'s forward: the compiled program for its size, else the module's own eager forward."""
+
+    def __init__(self, decoder: torch.nn.Module, compiled: aoti.CompiledForward):
+        self.decoder, self.compiled = decoder, compiled
+
+    def __call__(self, *args, **kwargs) -> torch.Tensor:
+        if self.compiled.accepts(*args, **kwargs):
+            return self.compiled(*args, **kwargs)
+        return type(self.decoder).forward(self.decoder, *args, **kwargs)
+
+
+def apply_decoder_(vae: torch.nn.Module, programs: Sequence[aoti.CompiledProgram]) -> None:
+    """`vae.decoder` runs `programs` from now on where one accepts the latents' size, eagerly elsewhere; both
+    read the module's own weights (no copy)."""
+    compiled = aoti.apply(vae.decoder, programs, drop=False)
+    vae.decoder.forward = DecoderForward(vae.decoder, compiled)

@@ -16,6 +16,7 @@ def apply(
     programs: CompiledProgram | Sequence[CompiledProgram],
     method: str = "forward",
     weights: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]] | None = None,
+    drop: bool = True,
 ) -> CompiledForward | list[CompiledForward]:
     """Make `module.<method>` run the compiled programs, bound to the module's own weights.
 
@@ -29,6 +30,9 @@ def apply(
     `weights` (one mapping per module, as `program_weights` returns them) binds those tensors
     instead: the module's own are dropped. For weights prepared in another process, such as a
     transformer quantized in ZeroGPU's GPU worker, so this process need not prepare its own copy.
+
+    `drop=False` leaves the module its weights too (the same tensors, still no copy), for a caller that
+    runs the module's own forward for calls no program accepts (`CompiledForward.accepts`).
     """
     programs = [programs] if isinstance(programs, CompiledProgram) else list(programs)
     single = isinstance(module, torch.nn.Module)
@@ -44,9 +48,9 @@ def apply(
     # Every module is checked before any is changed.
     taken = [_needed(programs, w) for w in given] if given is not None else [program_weights(m, programs) for m in modules]
     if single:
-        return _bind(module, CompiledForward(Runners(programs, taken[0]), taken[0]), method)
+        return _bind(module, CompiledForward(Runners(programs, taken[0]), taken[0]), method, drop)
     runners = Runners(programs)
-    return [_bind(m, CompiledForward(runners, w), method) for m, w in zip(modules, taken)]
+    return [_bind(m, CompiledForward(runners, w), method, drop) for m, w in zip(modules, taken)]
 
 
 def program_weights(module: torch.nn.Module, programs: Sequence[CompiledProgram]) -> dict[str, torch.Tensor]:
@@ -66,7 +70,8 @@ def _needed(programs: Sequence[CompiledProgram], weights: Mapping[str, torch.Ten
     return {name: weights[name] for name in needed}
 
 
-def _bind(module: torch.nn.Module, compiled: CompiledForward, method: str) -> CompiledForward:
-    drop_weights(module)
+def _bind(module: torch.nn.Module, compiled: CompiledForward, method: str, drop: bool) -> CompiledForward:
+    if drop:
+        drop_weights(module)
     setattr(module, method, compiled)
     return compiled

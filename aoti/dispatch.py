@@ -69,6 +69,14 @@ class CompiledForward:
         index, tensors = self.select(args, kwargs)
         return self.runners[index]([*self._inputs[index], *tensors])
 
+    def accepts(self, *args: Any, **kwargs: Any) -> bool:
+        """Whether one of the programs accepts this call."""
+        try:
+            self.select(args, kwargs)
+        except ValueError:
+            return False
+        return True
+
     def select(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[int, list[torch.Tensor]]:
         """The first program that accepts the call and the call's tensors in its order; else the last ValueError."""
         for index, program in enumerate(self.programs):
