@@ -35,7 +35,7 @@ ZEROGPU = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev.json"
 ZEROGPU_LORA = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev-lora-cudnn.json"
 PIPELINE = sorted((RESULTS / "pipeline-h200").glob("*.json"))
 # README.md's seconds per image: the app's default ("aot") as last measured; eager and torch.compile from every run.
-PIPELINE_DEFAULT = RESULTS / "pipeline-h200" / "eager-aot-vae-decoder.json"
+PIPELINE_DEFAULT = RESULTS / "pipeline-h200" / "eager-aot-static-vae-decoder.json"
 VAE = sorted((RESULTS / "vae-h200").glob("*.json"))
 LORA = RESULTS / "lora-h200" / "ranks-16-64-128.json"
 SERVE = sorted((RESULTS / "serve-h200").glob("*.json"))
