@@ -76,7 +76,8 @@ class OptimizationConfig:
     fp8_attention: str = field(default="cudnn", metadata=env("AOTI_FP8_ATTENTION"))
     # The VAE decoder compiled too (vae.py), for the default size and static_sizes: 85 -> 38 ms at 1024x1024 (H200).
     vae_decoder: bool = field(default=True, metadata=env("AOTI_VAE"))
-    # Extra static graphs for these sizes ("1024x1024,1344x768"), sharing the weights with the dynamic graph.
+    # Extra static graphs for these sizes ("1024x1024,1344x768"), sharing the weights with the dynamic graph;
+    # the VAE decoder gets a program for each too (else only the default size's; 4-step Spaces: "512x512").
     static_sizes: str = field(default="", metadata=env("AOTI_STATIC_SIZES"))
     cache: bool = field(default=True, metadata=env("AOTI_CACHE"))  # reuse compiled programs across starts
     cache_dir: str = field(default="", metadata=env("AOTI_CACHE_DIR"))  # "": /data/aoti-cache on Spaces, else ~/.cache
