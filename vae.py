@@ -3,7 +3,7 @@
 Decoding is 3% of a 28-step 1024x1024 image on an H200 but 11% of a 4-step 512x512 one. A static
 program decodes 1024x1024 in 38 ms against eager's 85 and compiles in 17 s; one dynamic program for
 every size took 64 ms and 40 s of compile (the sides known, inductor picks better kernels;
-bench/README.md, "The VAE decoder alone"). So the decoder is compiled for the pipeline's default size
+bench/README.md, "The VAE decoder alone"). So the decoder is compiled for the example call's size (the UI's default)
 and the `AOTI_STATIC_SIZES`, and any other size runs the eager decoder on the same weights.
 Its weights are not changed (no FP8: convolutions), so the programs bind the module's own, in every
 process, and only the programs travel back from the GPU function. optimization.py caches them under
