@@ -38,7 +38,7 @@ def test_compiled_pipeline_gives_the_eager_image(eager_images, caplog):
     assert (report.aot, report.fp8, report.dtype, report.graphs) == (True, False, "float32", 2)
     assert report.vae_decoder and "transformer and VAE decoder AoT-compiled" in report.summary()
     assert "FP8 off: no CUDA GPU" in caplog.text
-    assert 0 < report.package_mb < 20  # code only: four block programs of 2-4 MB each (the wrapper built at -O0)
+    assert 0 < report.package_mb < 30  # code only: 4 block and 2 VAE decoder programs of 2-4 MB each (wrapper at -O0)
     for size, ref in eager_images.items():
         image = generate(pipe, *size)
         assert image.shape == ref.shape == (size[1], size[0], 3)
