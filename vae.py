@@ -64,20 +64,7 @@ def fingerprint(vae: torch.nn.Module, config: OptimizationConfig, sizes: Sequenc
     }
 
 
-class DecoderForward:
-    """`vae.decoder`'s forward: the compiled program for its size, else the module's own eager forward."""
-
-    def __init__(self, decoder: torch.nn.Module, compiled: aoti.CompiledForward):
-        self.decoder, self.compiled = decoder, compiled
-
-    def __call__(self, *args, **kwargs) -> torch.Tensor:
-        if self.compiled.accepts(*args, **kwargs):
-            return self.compiled(*args, **kwargs)
-        return type(self.decoder).forward(self.decoder, *args, **kwargs)
-
-
 def apply_decoder_(vae: torch.nn.Module, programs: Sequence[aoti.CompiledProgram]) -> None:
     """`vae.decoder` runs `programs` from now on where one accepts the latents' size, eagerly elsewhere; both
     read the module's own weights (no copy)."""
-    compiled = aoti.apply(vae.decoder, programs, drop=False)
-    vae.decoder.forward = DecoderForward(vae.decoder, compiled)
+    aoti.apply(vae.decoder, programs, eager_fallback=True)

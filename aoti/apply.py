@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 
 import torch
 
@@ -16,7 +17,7 @@ def apply(
     programs: CompiledProgram | Sequence[CompiledProgram],
     method: str = "forward",
     weights: Mapping[str, torch.Tensor] | Sequence[Mapping[str, torch.Tensor]] | None = None,
-    drop: bool = True,
+    eager_fallback: bool = False,
 ) -> CompiledForward | list[CompiledForward]:
     """Make `module.<method>` run the compiled programs, bound to the module's own weights.
 
@@ -31,8 +32,8 @@ def apply(
     instead: the module's own are dropped. For weights prepared in another process, such as a
     transformer quantized in ZeroGPU's GPU worker, so this process need not prepare its own copy.
 
-    `drop=False` leaves the module its weights too (the same tensors, still no copy), for a caller that
-    runs the module's own forward for calls no program accepts (`CompiledForward.accepts`).
+    `eager_fallback=True` runs the module's own `method` for calls no program accepts, instead of
+    raising; the module then keeps its weights too (the same tensors, still no copy).
     """
     programs = [programs] if isinstance(programs, CompiledProgram) else list(programs)
     single = isinstance(module, torch.nn.Module)
@@ -48,9 +49,9 @@ def apply(
     # Every module is checked before any is changed.
     taken = [_needed(programs, w) for w in given] if given is not None else [program_weights(m, programs) for m in modules]
     if single:
-        return _bind(module, CompiledForward(Runners(programs, taken[0]), taken[0]), method, drop)
+        return _bind(module, Runners(programs, taken[0]), taken[0], method, eager_fallback)
     runners = Runners(programs)
-    return [_bind(m, CompiledForward(runners, w), method, drop) for m, w in zip(modules, taken)]
+    return [_bind(m, runners, w, method, eager_fallback) for m, w in zip(modules, taken)]
 
 
 def program_weights(module: torch.nn.Module, programs: Sequence[CompiledProgram]) -> dict[str, torch.Tensor]:
@@ -70,8 +71,12 @@ def _needed(programs: Sequence[CompiledProgram], weights: Mapping[str, torch.Ten
     return {name: weights[name] for name in needed}
 
 
-def _bind(module: torch.nn.Module, compiled: CompiledForward, method: str, drop: bool) -> CompiledForward:
-    if drop:
+def _bind(
+    module: torch.nn.Module, runners: Runners, weights: Mapping[str, torch.Tensor], method: str, eager_fallback: bool
+) -> CompiledForward:
+    fallback = partial(getattr(type(module), method), module) if eager_fallback else None
+    if not eager_fallback:
         drop_weights(module)
+    compiled = CompiledForward(runners, weights, fallback)
     setattr(module, method, compiled)
     return compiled

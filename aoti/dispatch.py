@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -53,11 +53,13 @@ class CompiledForward:
 
     Programs are tried in order (put static, per-shape programs before a dynamic one); the first
     whose signature accepts the call runs, with this module's weights: the only copy in memory.
+    A call none accepts raises their ValueError, or with `fallback` (the module's own forward) runs that.
     """
 
-    def __init__(self, runners: Runners, weights: Mapping[str, torch.Tensor]):
+    def __init__(self, runners: Runners, weights: Mapping[str, torch.Tensor], fallback: Callable[..., Any] | None = None):
         self.runners = runners
         self.weights = dict(weights)
+        self.fallback = fallback
         # Per program: the leading weight inputs, in the order it was exported with ([]: bound at load).
         self._inputs = [[self.weights[n] for n in p.weight_names] if p.weights_as_inputs else [] for p in runners.programs]
 
@@ -66,7 +68,12 @@ class CompiledForward:
         return self.runners.programs
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        index, tensors = self.select(args, kwargs)
+        try:
+            index, tensors = self.select(args, kwargs)
+        except ValueError:
+            if self.fallback is None:
+                raise
+            return self.fallback(*args, **kwargs)
         return self.runners[index]([*self._inputs[index], *tensors])
 
     def accepts(self, *args: Any, **kwargs: Any) -> bool:
@@ -87,7 +94,7 @@ class CompiledForward:
         raise rejection
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"runners": self.runners, "weights": self.weights}
+        return {"runners": self.runners, "weights": self.weights, "fallback": self.fallback}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["runners"], state["weights"])
+        self.__init__(state["runners"], state["weights"], state["fallback"])

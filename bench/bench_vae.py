@@ -1,4 +1,4 @@
-"""The VAE decoder alone: eager against its AoT program under several inductor option sets, one process.
+"""The VAE decoder alone: eager against its AoT programs, in one process.
 
     python -m bench.bench_vae --json bench/results/NAME.json          # FLUX.1-dev's VAE, random weights (GPU)
     python -m bench.bench_vae --model tiny --json OUT.json             # the embedded model on the CPU: code path only
@@ -70,7 +70,7 @@ def main() -> None:
                 z = latents[size]
                 out = model.decode(z).sample
                 reference.setdefault(size, out)
-                compiled = name != "eager" and model.decoder.forward.compiled.accepts(z)
+                compiled = name != "eager" and model.decoder.forward.accepts(z)
                 row = dict(options=name, size="%dx%d" % size, compiled=compiled, compile_s=compile_s,
                            ms=median_ms(lambda: model.decode(z), warmup=3, iters=args.iters),
                            rel_error_vs_eager=rel_error(out.float(), reference[size].float()))

@@ -87,6 +87,20 @@ def test_compiled_module_rejects_calls_it_cannot_run(applied, call_for, change, 
         transformer(**change(call_for))
 
 
+def test_eager_fallback_runs_the_modules_forward_on_the_same_weights(compiled_program, call_for):
+    """Where no program accepts a call, `eager_fallback` runs the module's own forward instead of raising;
+    the module keeps its weights (the ones the programs read) for it."""
+    transformer, eager = load_transformer(), load_transformer()
+    pointers = {name: p.data_ptr() for name, p in transformer.named_parameters()}
+    compiled = aoti.apply(transformer, compiled_program, eager_fallback=True)
+    assert {name: p.data_ptr() for name, p in transformer.named_parameters()} == pointers
+    assert {w.data_ptr() for w in compiled.weights.values()} <= set(pointers.values())
+    kwargs = call_for(528, 528)  # 33 x 33 tokens: outside the program's steps of 4
+    assert not compiled.accepts(**kwargs) and compiled.accepts(**call_for(512, 512))
+    with torch.no_grad():
+        assert torch.equal(transformer(**kwargs)[0], eager(**kwargs)[0])
+
+
 FRESH_PROCESS = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
