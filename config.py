@@ -27,6 +27,7 @@ MIN_SIZE, MAX_SIZE, SIZE_STEP = 256, 2048, 32
 PIXELS_PER_TOKEN = 16
 MAX_SEED = 2**31 - 1
 GUIDANCE_RANGE = (1.0, 15.0)  # of the UI and the API
+FP8_ATTENTION = ("off", "cudnn", "cudnn_static_qk", "triton")  # OptimizationConfig.fp8_attention's choices
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ class OptimizationConfig:
     # FP8 only. Off: the double blocks' text-stream linears (512 rows) stay bf16, where cuBLAS's FP8 is slow.
     fp8_text_stream: bool = field(default=True, metadata=env("AOTI_FP8_TEXT_STREAM"))
     # FP8 only, where the backend is PyTorch's SDPA: attention in FP8 too. "cudnn": cuDNN's FP8 flash
-    # attention (Hopper+, 5 ms less per 1024x1024 step, same error); "triton": fp8_kernels/ (slower); "off".
+    # attention (Hopper+, 5 ms less per 1024x1024 step, same error); "cudnn_static_qk": the same with q and k
+    # scaled by bounds from their RMSNorms, cast by the compiled graph; "triton": fp8_kernels/ (slower); "off".
     fp8_attention: str = field(default="cudnn", metadata=env("AOTI_FP8_ATTENTION"))
     # The VAE decoder compiled too (vae.py), for the default size and static_sizes: 85 -> 38 ms at 1024x1024 (H200).
     vae_decoder: bool = field(default=True, metadata=env("AOTI_VAE"))
@@ -93,8 +95,8 @@ class OptimizationConfig:
     def __post_init__(self) -> None:
         if self.fp8_granularity not in ("row", "tensor"):
             raise ValueError(f"fp8_granularity must be 'row' or 'tensor', got {self.fp8_granularity!r}")
-        if self.fp8_attention not in ("off", "cudnn", "triton"):
-            raise ValueError(f"fp8_attention must be 'off', 'cudnn' or 'triton', got {self.fp8_attention!r}")
+        if self.fp8_attention not in FP8_ATTENTION:
+            raise ValueError(f"fp8_attention must be one of {FP8_ATTENTION}, got {self.fp8_attention!r}")
         self.static_resolutions  # validates
 
     @property

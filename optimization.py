@@ -237,7 +237,8 @@ def compile_transformer(
     dynamic = [None] * (len(calls) - 1) + [axes if config.dynamic else None]
     # FP8 attention is recorded into the programs: export sees diffusers' SDPA calls run in FP8.
     fp8_attention = fp8_attention_kernel(config, fp8, SDPA)
-    with stage("export", times), sdpa_as_fp8(fp8_attention) if fp8_attention != "off" else nullcontext():
+    modules = [kind_modules[0] for kind_modules in targets.values()]
+    with stage("export", times), sdpa_as_fp8(fp8_attention, modules) if fp8_attention != "off" else nullcontext():
         exported = {
             kind: [aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional)
                    for call, dims in zip(kind_calls, dynamic)]

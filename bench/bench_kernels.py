@@ -73,6 +73,11 @@ def attention_rows(tokens: int, args) -> list[dict]:
         variants["cuDNN fp8 quantization alone"] = lambda: cudnn_attention.quantize(q, k, v)[0]
         variants["cuDNN fp8 + quantization"] = lambda: cudnn_attention.attention_fp8(q, k, v, scale)
         variants["cuDNN fp8 op (bf16 below MIN_TOKENS)"] = lambda: cudnn_attention.cudnn_fp8_attention(q, k, v, scale)
+        # q and k as the compiled graph casts them with AOTI_FP8_ATTENTION=cudnn_static_qk (RMSNorm weights of 1).
+        bounds = torch.full((2,), HEAD_DIM ** 0.5 * 1.02, device="cuda")
+        q8b, k8b = (fp8_attention.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
+        variants["cuDNN fp8 static-qk op (q, k cast upstream)"] = (
+            lambda: cudnn_attention.cudnn_fp8_attention_static_qk(q8b, k8b, v, bounds, scale))
     else:
         print(f"cuDNN FP8 attention: {unavailable}", flush=True)
     try:

@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -53,7 +54,7 @@ class Rung:
     fuse_qkv: bool = False
     static: bool = False  # static graphs for --static-sizes beside the dynamic one
     fused_quant: bool = False  # the single blocks' one-pass GELU + concat + FP8 quantization
-    fp8_attention: str = "off"  # attention in FP8 (fp8_kernels/): "cudnn" or "triton"
+    fp8_attention: str = "off"  # attention in FP8 (fp8_kernels/): one of config.FP8_ATTENTION
     fp8_text_stream: bool = True  # off: the double blocks' text-stream linears stay bf16
     inductor: tuple[tuple[str, Any], ...] = ()  # options over the run's, to compare one in the same process
 
@@ -77,6 +78,7 @@ RUNGS = {
     "aot_fp8_row_fp8attn": Rung("aot", fp8="row", fp8_attention="triton"),
     "aot_fp8_row_fusedq_fp8attn": Rung("aot", fp8="row", fused_quant=True, fp8_attention="triton"),
     "aot_fp8_row_fusedq_cudnnattn": Rung("aot", fp8="row", fused_quant=True, fp8_attention="cudnn"),
+    "aot_fp8_row_fusedq_cudnnstaticqk": Rung("aot", fp8="row", fused_quant=True, fp8_attention="cudnn_static_qk"),
     "aot_fp8_row_fusedq_bf16text_cudnnattn": Rung(
         "aot", fp8="row", fused_quant=True, fp8_text_stream=False, fp8_attention="cudnn"),
     # Inductor benchmarks Triton templates against cuBLAS for each GEMM shape at compile time.
@@ -181,7 +183,17 @@ def median_ms(fn, warmup: int, iters: int) -> float:
     return statistics.median(s.elapsed_time(e) for s, e in events)
 
 
-def kernel_profile(fn, steps: int = 3, top: int = 25) -> dict:
+# Kernel names by what they do, first match wins: where a step's device time goes.
+KERNEL_KINDS = (
+    ("inductor", r"^triton_"),  # its names list the fused ops, _scaled_mm's quantization among them
+    ("gemm", r"nvjet|gemm|cutlass|xmma"),
+    ("attention", r"sdpa|fmha|flash|attention_kernel"),
+    ("attention quantization (op)", r"_amax_kernel|_quantize_kernel|_scale_cast_kernel"),
+    ("gelu_cat_quantize", r"_gelu_cat"),
+)
+
+
+def kernel_profile(fn, steps: int = 3, top: int = 60) -> dict:
     """Device kernels (CPU ops on CPU) per step, by total time: what a variant spends its step on.
 
     On the GPU it also lists the CPU side: the CUDA runtime calls that can stall it (synchronizations,
@@ -208,9 +220,14 @@ def kernel_profile(fn, steps: int = 3, top: int = 25) -> dict:
                   reverse=True)
     stalls = ("Synchronize", "Memcpy", "Malloc", "Free", "EventQuery")
     runtime = {e.key: e.count / steps for e in events if e.key.startswith("cuda") and any(s in e.key for s in stalls)}
+    by_kind: dict[str, float] = {}
+    for e in kernels:
+        kind_name = next((name for name, pattern in KERNEL_KINDS if re.search(pattern, e.key)), "other")
+        by_kind[kind_name] = by_kind.get(kind_name, 0.0) + self_us(e) / 1e3 / steps
     return dict(
         wall_ms=wall_ms,  # profiled, so a little slower than `ms`
         kernel_ms=sum(map(self_us, kernels)) / 1e3 / steps,
+        by_kind=by_kind,  # ms per step by KERNEL_KINDS
         kernels=sum(e.count for e in kernels) / steps,
         runtime_calls=runtime,
         top=[[e.key[:160], self_us(e) / 1e3 / steps, e.count / steps] for e in kernels[:top]],

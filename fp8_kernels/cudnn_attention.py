@@ -58,18 +58,21 @@ if triton is not None:
         return x.to(tl.float32)
 
     @triton.jit
-    def _amax_kernel(q, k, v, amax, n_q, n_kv, BLOCK: tl.constexpr):
-        which = tl.program_id(1)  # q, k or v
+    def _amax_kernel(q, k, v, amax, n_q, n_kv, FIRST: tl.constexpr, BLOCK: tl.constexpr):
+        which = tl.program_id(1) + FIRST  # q, k or v (FIRST=2: v alone)
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         tl.atomic_max(amax + which, tl.max(tl.abs(_load(q, k, v, offsets, n_q, n_kv, which)), 0))
 
     @triton.jit
-    def _quantize_kernel(q, k, v, q8, k8, v8, amax, scales, n_q, n_kv, FP8_MAX: tl.constexpr, BLOCK: tl.constexpr):
-        which = tl.program_id(1)
+    def _quantize_kernel(q, k, v, q8, k8, v8, amax, scales, n_q, n_kv, FP8_MAX: tl.constexpr, FIRST: tl.constexpr,
+                         BLOCK: tl.constexpr):
+        which = tl.program_id(1) + FIRST
         scale = tl.maximum(tl.load(amax + which) / FP8_MAX, 1e-12)
-        if tl.program_id(0) == 0:
-            tl.store(scales + which, scale)
-            tl.store(scales + 3 + which, 1.0 / scale)
+        if tl.program_id(0) == 0 and tl.program_id(1) == 0:  # all three scales, also those of inputs given in FP8
+            for i in tl.static_range(3):
+                s = tl.maximum(tl.load(amax + i) / FP8_MAX, 1e-12)
+                tl.store(scales + i, s)
+                tl.store(scales + 3 + i, 1.0 / s)
         offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         x = (_load(q, k, v, offsets, n_q, n_kv, which) / scale).to(q8.dtype.element_ty)
         if which == 0:
@@ -105,9 +108,27 @@ def quantize(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.T
     amax = torch.zeros(3, dtype=torch.float32, device=q.device)
     scales = torch.empty(6, dtype=torch.float32, device=q.device)
     grid = (triton.cdiv(max(q.numel(), k.numel()), BLOCK), 3)
-    _amax_kernel[grid](q, k, v, amax, q.numel(), k.numel(), BLOCK=BLOCK)
-    _quantize_kernel[grid](q, k, v, q8, k8, v8, amax, scales, q.numel(), k.numel(), FP8_MAX=FP8_MAX, BLOCK=BLOCK)
+    _amax_kernel[grid](q, k, v, amax, q.numel(), k.numel(), FIRST=0, BLOCK=BLOCK)
+    _quantize_kernel[grid](q, k, v, q8, k8, v8, amax, scales, q.numel(), k.numel(), FP8_MAX=FP8_MAX, FIRST=0, BLOCK=BLOCK)
     return q8, k8, v8, scales
+
+
+def quantize_value(v: torch.Tensor, qk_amax: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """v as FP8 with its per-tensor scale, for q and k already in FP8 with scales `qk_amax` / FP8_MAX:
+    (v8, scales [6]) as `quantize` returns them. On the GPU two passes over v alone."""
+    v8 = torch.empty_like(v, dtype=FP8)
+    amax = torch.zeros(3, dtype=torch.float32, device=v.device)
+    amax[:2] = qk_amax
+    if not (v.is_cuda and triton is not None and _flat(v) and v.stride() == v8.stride()):
+        amax[2] = torch.linalg.vector_norm(v, float("inf"), dtype=torch.float32)
+        scales = (amax / FP8_MAX).clamp_(min=1e-12)
+        v8.copy_(v.float() / scales[2])
+        return v8, torch.cat([scales, scales.reciprocal()])
+    scales = torch.empty(6, dtype=torch.float32, device=v.device)
+    grid = (triton.cdiv(v.numel(), BLOCK), 1)
+    _amax_kernel[grid](v, v, v, amax, v.numel(), v.numel(), FIRST=2, BLOCK=BLOCK)
+    _quantize_kernel[grid](v, v, v, v8, v8, v8, amax, scales, v.numel(), v.numel(), FP8_MAX=FP8_MAX, FIRST=2, BLOCK=BLOCK)
+    return v8, scales
 
 
 def scale_cast(x: torch.Tensor, factor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -237,6 +258,41 @@ def cudnn_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_sc
         shape, stride = output_layout(q)  # cuDNN's bf16 SDPA already returns this layout for diffusers' q
         return out if out.stride() == stride else torch.empty_strided(shape, stride, dtype=q.dtype, device=q.device).copy_(out)
     return attention_fp8(q, k, v, sm_scale)
+
+
+@torch.library.custom_op("flux_fast::cudnn_fp8_attention_static_qk", mutates_args=())
+def cudnn_fp8_attention_static_qk(
+    q8: torch.Tensor, k8: torch.Tensor, v: torch.Tensor, qk_amax: torch.Tensor, sm_scale: float
+) -> torch.Tensor:
+    """The same attention for q and k already in FP8, quantized by the compiled graph with the scales
+    `qk_amax` / FP8_MAX (bounds of |q| and |k|, [2] fp32), and v in bf16; bf16 [B, H, S, D].
+
+    Only v is quantized here. FP8 at every token count: bf16 SDPA would first need q and k back in bf16.
+    """
+    if q8.device.type != "cuda":
+        return reference_static_qk(q8, k8, v, qk_amax, sm_scale)
+    reason = unavailable(q8.device)
+    if reason is not None:  # a program compiled elsewhere still runs here: q and k back in bf16, SDPA
+        _warn_once(f"FP8 attention runs as bf16 SDPA on this GPU: {reason}")
+        q, k = ((x8.float() * (amax / FP8_MAX).clamp(min=1e-12)).to(v.dtype) for x8, amax in zip((q8, k8), qk_amax))
+        out = _sdpa(q, k, v, scale=sm_scale)
+        return torch.empty_strided(*output_layout(q8), dtype=v.dtype, device=v.device).copy_(out)
+    v8, scales = quantize_value(v, qk_amax)
+    return scale_cast(attend(q8, k8, v8, scales, sm_scale), scales[2], v.dtype)
+
+
+def reference_static_qk(q8: torch.Tensor, k8: torch.Tensor, v: torch.Tensor, qk_amax: torch.Tensor, sm_scale: float):
+    """`cudnn_fp8_attention_static_qk`'s math in torch (its CPU path), like `reference`."""
+    v8, scales = quantize_value(v, qk_amax)
+    out = _sdpa(*(x8.float() * s for x8, s in zip((q8, k8, v8), scales)), scale=sm_scale)
+    out = (out / scales[2]).to(FP8).float() * scales[2]  # the output passes through FP8, as on Hopper
+    return torch.empty_strided(*output_layout(q8), dtype=v.dtype, device=v.device).copy_(out)
+
+
+@cudnn_fp8_attention_static_qk.register_fake
+def _(q8: torch.Tensor, k8: torch.Tensor, v: torch.Tensor, qk_amax: torch.Tensor, sm_scale: float) -> torch.Tensor:
+    shape, stride = output_layout(q8)
+    return torch.empty_strided(shape, stride, dtype=v.dtype, device=v.device)
 
 
 def attention_fp8(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float) -> torch.Tensor:

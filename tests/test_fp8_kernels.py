@@ -78,7 +78,7 @@ def test_fp8_attention_is_close_to_fp32_sdpa(kernel, monkeypatch):
     assert rel_error(out.float(), expected) < 0.06
 
 
-@pytest.mark.parametrize("kernel", ["cudnn", "triton"])
+@pytest.mark.parametrize("kernel", attention.KERNELS)
 @pytest.mark.parametrize("case", ["mask", "causal", "head_dim_48"])
 def test_fp8_attention_leaves_other_calls_to_sdpa(case, kernel):
     head_dim = 48 if case == "head_dim_48" else 128
@@ -100,6 +100,63 @@ def test_sdpa_is_restored_after_the_swap():
         with sdpa_as_fp8("flash"):
             pass
     assert F.scaled_dot_product_attention is original
+
+
+def flux_attention(text_tokens=0):
+    """diffusers' FLUX attention (a single block's, or with a text stream a double block's), norm weights in [-3, 3]."""
+    from diffusers.models.transformers.transformer_flux import FluxAttention
+
+    torch.manual_seed(0)
+    attn = FluxAttention(query_dim=256, heads=2, dim_head=128, added_kv_proj_dim=256 if text_tokens else None,
+                         pre_only=not text_tokens)
+    for name in ("norm_q", "norm_k", "norm_added_q", "norm_added_k"):
+        if hasattr(attn, name):
+            getattr(attn, name).weight.data.uniform_(-3, 3)
+    return attn.bfloat16().eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("text_tokens", [0, 16])
+def test_qk_bounds_hold_at_the_sdpa_call(text_tokens, monkeypatch):
+    """Every q and k value FLUX's attention hands SDPA lies within its bound, and the bound is not loose
+    by more than the RMSNorm's sqrt(D) allows."""
+    attn = flux_attention(text_tokens)
+    seen = []
+
+    def record(query, key, value, *args, kernel, **kwargs):
+        seen.append((query.float().abs().amax(), key.float().abs().amax(), attention._QK_BOUNDS[-1]))
+        return attention._sdpa(query, key, value, *args, **kwargs)
+
+    monkeypatch.setattr(attention, "scaled_dot_product_attention_fp8", record)
+    g = torch.Generator().manual_seed(2)
+    hidden = (10 * torch.randn(1, 64, 256, generator=g)).bfloat16()
+    text = torch.randn(1, text_tokens, 256, generator=g).bfloat16() if text_tokens else None
+    freqs = torch.randn(64 + text_tokens, 64, generator=g).repeat_interleave(2, dim=1)  # per channel pair, as FLUX
+    with sdpa_as_fp8("cudnn_static_qk", [attn]), torch.no_grad():
+        attn(hidden_states=hidden, encoder_hidden_states=text, image_rotary_emb=(freqs.cos(), freqs.sin()))
+    assert len(seen) == 1 and not attention._QK_BOUNDS  # pushed for the call, popped after it
+    q_max, k_max, bounds = seen[0]
+    assert q_max <= bounds[0] and k_max <= bounds[1]
+    assert q_max > bounds[0] / 12 and k_max > bounds[1] / 12  # sqrt(128) = 11.3
+
+
+def test_qk_bounds_only_for_flux_attention_with_rms_norms():
+    attn = flux_attention()
+    assert attention.qk_norms(attn) == [[attn.norm_q], [attn.norm_k]]
+    attn.norm_q = torch.nn.LayerNorm(128)
+    assert attention.qk_norms(attn) is None
+    assert attention.qk_norms(torch.nn.Linear(2, 2)) is None
+
+
+def test_static_qk_op_is_close_to_fp32_sdpa():
+    """q and k cast with their bounds' scales (up to 11x their amax here) lose nothing over per-tensor amax scales."""
+    q, k, v = normed_qkv(300)
+    bounds = torch.tensor([128 ** 0.5 * 1.02] * 2)
+    q8, k8 = (attention.quantize_bounded(x.bfloat16(), b) for x, b in zip((q, k), bounds))
+    expected = F.scaled_dot_product_attention(q, k, v)
+    out = cudnn_attention.cudnn_fp8_attention_static_qk(q8, k8, v.bfloat16(), bounds, 128 ** -0.5)
+    per_tensor = cudnn_attention.reference(q.bfloat16(), k.bfloat16(), v.bfloat16(), 128 ** -0.5)
+    assert out.dtype == torch.bfloat16 and out.stride() == per_tensor.stride()
+    assert rel_error(out.float(), expected) < 1.1 * rel_error(per_tensor.float(), expected)
 
 
 def test_cudnn_op_keeps_the_layout_diffusers_passes():
@@ -141,8 +198,10 @@ def test_export_records_the_fp8_ops(fp8_on_cpu, monkeypatch):
     holder.single_transformer_blocks = torch.nn.ModuleList([block])
     fuse_single_block_quantization_(holder)
     monkeypatch.setattr(cudnn_attention, "MIN_TOKENS", 0)  # the block's 80 tokens in FP8
-    for kernel, op in (("triton", "flux_fast.fp8_attention.default"), ("cudnn", "flux_fast.cudnn_fp8_attention.default")):
-        with aoti.weights.unwrapped_subclasses(block), sdpa_as_fp8(kernel):
+    ops = {"triton": "flux_fast.fp8_attention.default", "cudnn": "flux_fast.cudnn_fp8_attention.default",
+           "cudnn_static_qk": "flux_fast.cudnn_fp8_attention_static_qk.default"}
+    for kernel, op in ops.items():
+        with aoti.weights.unwrapped_subclasses(block), sdpa_as_fp8(kernel, [block]):
             program = torch.export.export(block, tuple(block_inputs()), strict=False)
         targets = {str(node.target) for node in program.graph.nodes}
         assert {"flux_fast.gelu_cat_quantize.default", op} <= targets
@@ -172,7 +231,7 @@ def transformer_call(h, w, seed=0):
     )
 
 
-@pytest.mark.parametrize("kernel", ["cudnn", "triton"])
+@pytest.mark.parametrize("kernel", attention.KERNELS)
 def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_cpu, kernel, monkeypatch):
     """Against fp32: FP8 noise is large on a tiny random model (5%), so the compiled program is held to
     eager FP8's own error rather than compared with it value by value. The threshold between the sizes
@@ -191,6 +250,14 @@ def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_c
             expected = reference(**{k: v.float() if torch.is_tensor(v) else v for k, v in call.items()})[0]
             eager_error = rel_error(eager(**call)[0].float(), expected)
             assert rel_error(model(**call)[0].float(), expected) < 1.25 * eager_error
+
+
+def test_the_config_offers_every_kernel():
+    from config import FP8_ATTENTION
+
+    assert FP8_ATTENTION == ("off", *attention.KERNELS)
+    with pytest.raises(ValueError, match="cudnn_static_qk"):
+        OptimizationConfig(fp8_attention="flash")
 
 
 def test_fp8_options_are_part_of_the_cache_key():
@@ -259,3 +326,15 @@ def test_cudnn_op_matches_its_torch_path(tokens):
         expected = cudnn_attention.reference(q, k, v, 128 ** -0.5)
         # Both quantize alike; cuDNN also keeps the probabilities in FP8.
         assert rel_error(out.float(), expected.float()) < 0.04
+
+
+@cuda
+@pytest.mark.parametrize("tokens", [1536, 4544])
+def test_cudnn_static_qk_op_matches_its_torch_path(tokens):
+    q, k, v = (x.bfloat16() for x in normed_qkv(tokens, device="cuda", heads=24))
+    bounds = torch.full((2,), 128 ** 0.5 * 1.02, device="cuda")
+    q8, k8 = (attention.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
+    out = cudnn_attention.cudnn_fp8_attention_static_qk(q8, k8, v, bounds, 128 ** -0.5)
+    assert out.transpose(1, 2).is_contiguous()
+    expected = cudnn_attention.reference_static_qk(q8, k8, v, bounds, 128 ** -0.5)
+    assert rel_error(out.float(), expected.float()) < 0.04
