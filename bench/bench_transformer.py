@@ -79,6 +79,12 @@ RUNGS = {
     "aot_fp8_row_fusedq_fp8attn": Rung("aot", fp8="row", fused_quant=True, fp8_attention="triton"),
     "aot_fp8_row_fusedq_cudnnattn": Rung("aot", fp8="row", fused_quant=True, fp8_attention="cudnn"),
     "aot_fp8_row_fusedq_cudnnstaticqk": Rung("aot", fp8="row", fused_quant=True, fp8_attention="cudnn_static_qk"),
+    # Persistent reductions (each row read once) for the row-wise FP8 scales: inductor's multi-kernel picks per
+    # kernel by timing both at compile time; "persistent" forces them.
+    "aot_fp8_row_fusedq_cudnnstaticqk_multikernel": Rung(
+        "aot", fp8="row", fused_quant=True, fp8_attention="cudnn_static_qk", inductor=(("triton.multi_kernel", 1),)),
+    "aot_fp8_row_fusedq_cudnnstaticqk_persistent": Rung(
+        "aot", fp8="row", fused_quant=True, fp8_attention="cudnn_static_qk", inductor=(("triton.multi_kernel", 2),)),
     "aot_fp8_row_fusedq_bf16text_cudnnattn": Rung(
         "aot", fp8="row", fused_quant=True, fp8_text_stream=False, fp8_attention="cudnn"),
     # Inductor benchmarks Triton templates against cuBLAS for each GEMM shape at compile time.
@@ -188,8 +194,8 @@ KERNEL_KINDS = (
     ("inductor", r"^triton_"),  # its names list the fused ops, _scaled_mm's quantization among them
     ("gemm", r"nvjet|gemm|cutlass|xmma"),
     ("attention", r"sdpa|fmha|flash|attention_kernel"),
-    ("attention quantization (op)", r"_amax_kernel|_quantize_kernel|_scale_cast_kernel"),
     ("gelu_cat_quantize", r"_gelu_cat"),
+    ("attention quantization (op)", r"^_amax_kernel|^_quantize_kernel|^_scale_cast_kernel"),
 )
 
 

@@ -202,8 +202,9 @@ def qk_bounds(norms: list[list[torch.nn.RMSNorm]]) -> torch.Tensor:
     below its largest value, so a bound serves as well as the amax, and costs no pass over q and k.
     """
     head_dim = norms[0][0].normalized_shape[-1]
-    largest = [torch.stack([norm.weight.detach().abs().amax().float() for norm in pair]).amax() for pair in norms]
-    return torch.stack(largest) * (math.sqrt(head_dim) * 1.02)  # 2% for bf16's roundings of norm, weight and RoPE
+    weights = torch.stack([norm.weight.detach() for pair in norms for norm in pair])  # one reduction kernel for all
+    largest = weights.abs().amax(dim=-1).float().view(2, -1).amax(dim=-1)
+    return largest * (math.sqrt(head_dim) * 1.02)  # 2% for bf16's roundings of norm, weight and RoPE
 
 
 def _push_qk_bounds(module: torch.nn.Module, args: tuple) -> None:
