@@ -70,6 +70,8 @@ class OptimizationConfig:
     # FP8 only: the single blocks' GELU + concat + FP8 quantization as one Triton kernel (fp8_kernels/):
     # the same step time, and 40% less compile (fewer kernels to tune).
     fp8_fused_quantization: bool = field(default=True, metadata=env("AOTI_FP8_FUSED_QUANT"))
+    # FP8 only: likewise the double blocks' feed-forward GELU + FP8 quantization of the output layer's input.
+    fp8_fused_ff_quantization: bool = field(default=True, metadata=env("AOTI_FP8_FUSED_FF_QUANT"))
     # FP8 only. Off: the double blocks' text-stream linears (512 rows) stay bf16, where cuBLAS's FP8 is slow.
     fp8_text_stream: bool = field(default=True, metadata=env("AOTI_FP8_TEXT_STREAM"))
     # FP8 only, where the backend is PyTorch's SDPA: attention in FP8 too. "cudnn": cuDNN's FP8 flash

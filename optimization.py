@@ -39,7 +39,7 @@ from attention import set_attention_backend
 from compile_options import compiler_options
 from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, OptimizationConfig
 from fp8 import fp8_unavailable, is_fp8, quantize_fp8_
-from fp8_kernels import fuse_single_block_quantization_, sdpa_as_fp8
+from fp8_kernels import fuse_feed_forward_quantization_, fuse_single_block_quantization_, sdpa_as_fp8
 from fp8_kernels.cudnn_attention import unavailable as cudnn_unavailable
 from startup import stage
 from vae import apply_decoder_, compile_decoder, decoder_sizes
@@ -166,6 +166,7 @@ def compiled_options(config: OptimizationConfig, fp8: bool, attention: str) -> d
         "fp8": fp8,
         "fp8_granularity": config.fp8_granularity if fp8 else None,
         "fp8_fused_quantization": fp8 and config.fp8_granularity == "row" and config.fp8_fused_quantization,
+        "fp8_fused_ff_quantization": fp8 and config.fp8_granularity == "row" and config.fp8_fused_ff_quantization,
         "fp8_text_stream": config.fp8_text_stream if fp8 else None,
         "fp8_attention": fp8_attention_kernel(config, fp8, attention),
         "attention_backend": attention,
@@ -213,8 +214,10 @@ def prepare_transformer_(
                 for module in modules:
                     if not is_fp8(module):
                         quantize_fp8_(module, config.fp8_granularity, keep=None if config.fp8_text_stream else text_stream)
-            if config.fp8_fused_quantization:  # only finds per-row FP8 single blocks
+            if config.fp8_fused_quantization:  # these only find per-row FP8 layers
                 fuse_single_block_quantization_(transformer)
+            if config.fp8_fused_ff_quantization:
+                fuse_feed_forward_quantization_(transformer)
 
 
 def compile_transformer(

@@ -2,18 +2,20 @@
 compiles a Triton op's kernel into the program or calls a custom op from it. Each op's CPU path is the
 same math in torch ops, so export, compile and tests run on machines without a GPU.
 
-- `quantize`: the single blocks' GELU + concat + per-row FP8 quantization in one pass (Triton);
+- `quantize`: the single blocks' GELU + concat + per-row FP8 quantization in one pass (Triton), and the
+  double blocks' feed-forward GELU + quantization;
 - `cudnn_attention`: attention through cuDNN's FP8 flash attention, per-tensor scales (the default);
 - `attention`: the export-time swap of SDPA for either FP8 attention, and a Triton one (per-head scales);
 - `blocks`: how FLUX's blocks use them.
 """
 
 from .attention import fp8_attention, scaled_dot_product_attention_fp8, sdpa_as_fp8
-from .blocks import fuse_single_block_quantization_
+from .blocks import fuse_feed_forward_quantization_, fuse_single_block_quantization_
 from .cudnn_attention import cudnn_fp8_attention
-from .quantize import gelu_cat_quantize
+from .quantize import gelu_cat_quantize, gelu_quantize
 
 __all__ = [
-    "cudnn_fp8_attention", "fp8_attention", "fuse_single_block_quantization_", "gelu_cat_quantize",
+    "cudnn_fp8_attention", "fp8_attention", "fuse_feed_forward_quantization_", "fuse_single_block_quantization_",
+    "gelu_cat_quantize", "gelu_quantize",
     "scaled_dot_product_attention_fp8", "sdpa_as_fp8",
 ]

@@ -1,4 +1,5 @@
-"""GELU(tanh) + concat + per-row FP8 quantization in one pass: the input of FLUX's single blocks' `proj_out`.
+"""GELU(tanh) + concat + per-row FP8 quantization in one pass: the input of FLUX's single blocks' `proj_out`
+(and, without the concat, of the double blocks' feed-forward output layers).
 
 torchao quantizes that input after the block has written it: inductor's kernels read the 15,360-wide
 rows twice (amax, then cast) after GELU and concat wrote them. Here one program per row reads the
@@ -81,12 +82,23 @@ def gelu_cat_quantize(attn: torch.Tensor, mlp: torch.Tensor) -> tuple[torch.Tens
     """cat([attn, gelu_tanh(mlp)], -1) quantized to FP8 per row: (data [rows, cols], fp32 scale [rows, 1])."""
     if not (attn.is_cuda and triton is not None):
         return reference(attn, mlp)
-    attn = attn.reshape(-1, attn.shape[-1])
+    return _launch(attn.reshape(-1, attn.shape[-1]), mlp.reshape(-1, mlp.shape[-1]))
+
+
+@torch.library.triton_op("flux_fast::gelu_quantize", mutates_args=())
+def gelu_quantize(mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """gelu_tanh(mlp) quantized to FP8 per row, the input of a feed-forward's output layer: (data, scale) as above."""
+    if not (mlp.is_cuda and triton is not None):
+        return reference(mlp[..., :0], mlp)
     mlp = mlp.reshape(-1, mlp.shape[-1])
+    return _launch(mlp[:, :0], mlp)
+
+
+def _launch(attn: torch.Tensor, mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows, attn_cols = attn.shape
     mlp_cols = mlp.shape[1]
-    out = torch.empty(rows, attn_cols + mlp_cols, dtype=FP8, device=attn.device)
-    scale = torch.empty(rows, 1, dtype=torch.float32, device=attn.device)
+    out = torch.empty(rows, attn_cols + mlp_cols, dtype=FP8, device=mlp.device)
+    scale = torch.empty(rows, 1, dtype=torch.float32, device=mlp.device)
     torch.library.wrap_triton(_gelu_cat_quantize_kernel)[(rows,)](
         attn, mlp, out, scale, attn.stride(0), mlp.stride(0), out.stride(0),
         ATTN_COLS=attn_cols, MLP_COLS=mlp_cols, FP8_MAX=FP8_MAX,

@@ -11,14 +11,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
-from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxSingleTransformerBlock
 
 import aoti
 import optimization
 from config import OptimizationConfig
 from conftest import rel_error
 from fp8 import quantize_fp8_
-from fp8_kernels import attention, cudnn_attention, fuse_single_block_quantization_, quantize, sdpa_as_fp8
+from fp8_kernels import (
+    attention,
+    cudnn_attention,
+    fuse_feed_forward_quantization_,
+    fuse_single_block_quantization_,
+    qk_quantize,
+    quantize,
+    sdpa_as_fp8,
+)
+from fp8_kernels import flux_attention as flux_attention_module
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
 
@@ -57,6 +66,24 @@ def test_fused_single_block_equals_torchao_bit_for_bit(fp8_on_cpu):
         assert torch.equal(out, ref)
 
 
+def test_fused_feed_forwards_equal_torchao_bit_for_bit(fp8_on_cpu):
+    from diffusers.models.transformers.transformer_flux import FluxTransformerBlock
+
+    torch.manual_seed(0)
+    block = FluxTransformerBlock(dim=256, num_attention_heads=2, attention_head_dim=128).bfloat16().eval()
+    quantize_fp8_(block, "row")
+    holder = torch.nn.Module()
+    holder.transformer_blocks = torch.nn.ModuleList([block])
+    x = torch.randn(1, 64, 256).bfloat16()
+    with torch.no_grad():
+        expected = block.ff(x), block.ff_context(x[:, :16])
+        assert fuse_feed_forward_quantization_(holder) == 2  # the image and the text stream's
+        assert fuse_feed_forward_quantization_(holder) == 2
+        fused = block.ff(x), block.ff_context(x[:, :16])
+    for out, ref in zip(fused, expected):
+        assert torch.equal(out, ref)
+
+
 def test_only_per_row_fp8_blocks_are_fused(fp8_on_cpu):
     bf16, per_tensor = single_block(), single_block()
     quantize_fp8_(per_tensor, "tensor")
@@ -64,6 +91,8 @@ def test_only_per_row_fp8_blocks_are_fused(fp8_on_cpu):
     holder.single_transformer_blocks = torch.nn.ModuleList([bf16, per_tensor])
     assert fuse_single_block_quantization_(holder) == 0
     assert "forward" not in vars(bf16) and "forward" not in vars(per_tensor)
+    holder.transformer_blocks = holder.single_transformer_blocks  # no feed-forwards there: nothing found
+    assert fuse_feed_forward_quantization_(holder) == 0
 
 
 @pytest.mark.parametrize("kernel", ["cudnn", "triton"])
@@ -115,43 +144,70 @@ def flux_attention(text_tokens=0):
     return attn.bfloat16().eval().requires_grad_(False)
 
 
+def attention_inputs(text_tokens, tokens=64):
+    g = torch.Generator().manual_seed(2)
+    hidden = (10 * torch.randn(1, tokens, 256, generator=g)).bfloat16()
+    text = torch.randn(1, text_tokens, 256, generator=g).bfloat16() if text_tokens else None
+    freqs = torch.randn(tokens + text_tokens, 64, generator=g).repeat_interleave(2, dim=1)  # per channel pair, as FLUX
+    return dict(hidden_states=hidden, encoder_hidden_states=text, image_rotary_emb=(freqs.cos(), freqs.sin()))
+
+
 @pytest.mark.parametrize("text_tokens", [0, 16])
 def test_qk_bounds_hold_at_the_sdpa_call(text_tokens, monkeypatch):
-    """Every q and k value FLUX's attention hands SDPA lies within its bound, and the bound is not loose
+    """Every q and k value diffusers' FLUX attention hands SDPA lies within its bound, and the bound is not loose
     by more than the RMSNorm's sqrt(D) allows."""
     attn = flux_attention(text_tokens)
     seen = []
 
-    def record(query, key, value, *args, kernel, **kwargs):
-        seen.append((query.float().abs().amax(), key.float().abs().amax(), attention._QK_BOUNDS[-1]))
+    def record(query, key, value, *args, **kwargs):
+        seen.append((query.float().abs().amax(), key.float().abs().amax()))
         return attention._sdpa(query, key, value, *args, **kwargs)
 
-    monkeypatch.setattr(attention, "scaled_dot_product_attention_fp8", record)
-    g = torch.Generator().manual_seed(2)
-    hidden = (10 * torch.randn(1, 64, 256, generator=g)).bfloat16()
-    text = torch.randn(1, text_tokens, 256, generator=g).bfloat16() if text_tokens else None
-    freqs = torch.randn(64 + text_tokens, 64, generator=g).repeat_interleave(2, dim=1)  # per channel pair, as FLUX
-    with sdpa_as_fp8("cudnn_static_qk", [attn]), torch.no_grad():
-        attn(hidden_states=hidden, encoder_hidden_states=text, image_rotary_emb=(freqs.cos(), freqs.sin()))
-    assert len(seen) == 1 and not attention._QK_BOUNDS  # pushed for the call, popped after it
-    q_max, k_max, bounds = seen[0]
+    monkeypatch.setattr(F, "scaled_dot_product_attention", record)
+    with torch.no_grad():
+        attn(**attention_inputs(text_tokens))
+    (q_max, k_max), bounds = seen[0], flux_attention_module.qk_bounds(flux_attention_module.qk_norms(attn))
     assert q_max <= bounds[0] and k_max <= bounds[1]
     assert q_max > bounds[0] / 12 and k_max > bounds[1] / 12  # sqrt(128) = 11.3
 
 
-def test_qk_bounds_only_for_flux_attention_with_rms_norms():
+@pytest.mark.parametrize("text_tokens", [0, 16])
+def test_fp8_processor_is_as_exact_as_per_tensor_fp8_attention(text_tokens):
+    """diffusers' FLUX attention with `FluxAttnProcessorFP8` swapped in (q and k from the one-pass kernel's torch
+    path, scaled by their bounds) against the same module in fp32: no further from it than per-tensor FP8 scales."""
+    attn = flux_attention(text_tokens)
+    inputs = attention_inputs(text_tokens)
+    with torch.no_grad():
+        expected = attn.float()(**{k: v.float() if torch.is_tensor(v) else v for k, v in inputs.items()})
+        attn.bfloat16()
+        with sdpa_as_fp8("cudnn_static_qk", [attn]):
+            assert isinstance(attn.processor, flux_attention_module.FluxAttnProcessorFP8)
+            static = attn(**inputs)
+        with sdpa_as_fp8("cudnn", [attn]):
+            per_tensor = attn(**inputs)
+    assert type(attn.processor) is FluxAttnProcessor  # restored
+    static, per_tensor, expected = (x if isinstance(x, tuple) else (x,) for x in (static, per_tensor, expected))
+    for out, other, ref in zip(static, per_tensor, expected):
+        assert rel_error(out.float(), ref) < 1.1 * rel_error(other.float(), ref) + 1e-3
+
+
+def test_only_flux_attention_with_its_processor_and_rms_norms_is_swapped():
     attn = flux_attention()
-    assert attention.qk_norms(attn) == [[attn.norm_q], [attn.norm_k]]
+    assert flux_attention_module.qk_norms(attn) == [[attn.norm_q], [attn.norm_k]]
+    assert flux_attention_module.swappable(attn)
+    attn.processor = flux_attention_module.FluxAttnProcessorFP8()  # e.g. an IP-adapter's processor
+    assert not flux_attention_module.swappable(attn)
+    attn = flux_attention()
     attn.norm_q = torch.nn.LayerNorm(128)
-    assert attention.qk_norms(attn) is None
-    assert attention.qk_norms(torch.nn.Linear(2, 2)) is None
+    assert flux_attention_module.qk_norms(attn) is None and not flux_attention_module.swappable(attn)
+    assert not flux_attention_module.swappable(torch.nn.Linear(2, 2))
 
 
 def test_static_qk_op_is_close_to_fp32_sdpa():
     """q and k cast with their bounds' scales (up to 11x their amax here) lose nothing over per-tensor amax scales."""
     q, k, v = normed_qkv(300)
     bounds = torch.tensor([128 ** 0.5 * 1.02] * 2)
-    q8, k8 = (attention.quantize_bounded(x.bfloat16(), b) for x, b in zip((q, k), bounds))
+    q8, k8 = (qk_quantize.quantize_bounded(x.bfloat16(), b) for x, b in zip((q, k), bounds))
     expected = F.scaled_dot_product_attention(q, k, v)
     out = cudnn_attention.cudnn_fp8_attention_static_qk(q8, k8, v.bfloat16(), bounds, 128 ** -0.5)
     per_tensor = cudnn_attention.reference(q.bfloat16(), k.bfloat16(), v.bfloat16(), 128 ** -0.5)
@@ -198,13 +254,15 @@ def test_export_records_the_fp8_ops(fp8_on_cpu, monkeypatch):
     holder.single_transformer_blocks = torch.nn.ModuleList([block])
     fuse_single_block_quantization_(holder)
     monkeypatch.setattr(cudnn_attention, "MIN_TOKENS", 0)  # the block's 80 tokens in FP8
-    ops = {"triton": "flux_fast.fp8_attention.default", "cudnn": "flux_fast.cudnn_fp8_attention.default",
-           "cudnn_static_qk": "flux_fast.cudnn_fp8_attention_static_qk.default"}
-    for kernel, op in ops.items():
+    ops = {"triton": {"flux_fast.fp8_attention.default"}, "cudnn": {"flux_fast.cudnn_fp8_attention.default"},
+           "cudnn_static_qk": {"flux_fast.cudnn_fp8_attention_static_qk.default", "flux_fast.norm_rope_quantize.default"}}
+    freqs = torch.randn(80, 64).repeat_interleave(2, dim=1)  # 16 text + 64 image tokens
+    for kernel, kernel_ops in ops.items():
         with aoti.weights.unwrapped_subclasses(block), sdpa_as_fp8(kernel, [block]):
-            program = torch.export.export(block, tuple(block_inputs()), strict=False)
+            program = torch.export.export(block, tuple(block_inputs()), {"image_rotary_emb": (freqs.cos(), freqs.sin())},
+                                          strict=False)
         targets = {str(node.target) for node in program.graph.nodes}
-        assert {"flux_fast.gelu_cat_quantize.default", op} <= targets
+        assert {"flux_fast.gelu_cat_quantize.default", *kernel_ops} <= targets
 
 
 def tiny_transformer():
@@ -237,13 +295,15 @@ def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_c
     eager FP8's own error rather than compared with it value by value. The threshold between the sizes
     (272 and 400 tokens) puts one on each side of the op's switch to bf16 SDPA."""
     monkeypatch.setattr(cudnn_attention, "MIN_TOKENS", 300)
-    config = OptimizationConfig(cache=False, attention_backend="native", fp8_fused_quantization=True, fp8_attention=kernel)
+    config = OptimizationConfig(cache=False, attention_backend="native", fp8_fused_quantization=True,
+                                fp8_fused_ff_quantization=True, fp8_attention=kernel)
     reference = tiny_transformer().float()
     eager = tiny_transformer()
     quantize_fp8_(eager, "row")
     model = tiny_transformer()
     programs = optimization.compile_transformer(model, [aoti.CapturedCall((), transformer_call(16, 16))], config, True)
     optimization.apply_programs_(model, programs, config, True)
+    assert "forward" in vars(model.transformer_blocks[0].ff) and "forward" in vars(model.single_transformer_blocks[0])
     for h, w in [(16, 16), (16, 24)]:  # the captured size and another one of the dynamic range
         call = transformer_call(h, w, seed=h * w)
         with torch.no_grad():
@@ -265,6 +325,8 @@ def test_fp8_options_are_part_of_the_cache_key():
     options = lambda config, fp8=True, attention="native": optimization.compiled_options(config, fp8, attention)  # noqa: E731
     fused = OptimizationConfig(fp8_fused_quantization=not base.fp8_fused_quantization)
     assert options(fused) != options(base)
+    fused_ff = OptimizationConfig(fp8_fused_ff_quantization=not base.fp8_fused_ff_quantization)
+    assert options(fused_ff) != options(base) and options(fused_ff, fp8=False) == options(base, fp8=False)
     with_attention = OptimizationConfig(fp8_attention="cudnn")
     without = OptimizationConfig(fp8_attention="off")
     assert options(with_attention) != options(without) != options(OptimizationConfig(fp8_attention="triton"))
@@ -333,8 +395,24 @@ def test_cudnn_op_matches_its_torch_path(tokens):
 def test_cudnn_static_qk_op_matches_its_torch_path(tokens):
     q, k, v = (x.bfloat16() for x in normed_qkv(tokens, device="cuda", heads=24))
     bounds = torch.full((2,), 128 ** 0.5 * 1.02, device="cuda")
-    q8, k8 = (attention.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
+    q8, k8 = (qk_quantize.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
     out = cudnn_attention.cudnn_fp8_attention_static_qk(q8, k8, v, bounds, 128 ** -0.5)
     assert out.transpose(1, 2).is_contiguous()
     expected = cudnn_attention.reference_static_qk(q8, k8, v, bounds, 128 ** -0.5)
     assert rel_error(out.float(), expected.float()) < 0.04
+
+
+@cuda
+@pytest.mark.parametrize("text_tokens", [0, 512])
+def test_norm_rope_quantize_kernel_matches_its_torch_path(text_tokens):
+    g = torch.Generator("cuda").manual_seed(3)
+    image, text = ((3 * torch.randn(1, n, 24, 128, generator=g, device="cuda")).bfloat16() for n in (4096, text_tokens))
+    weights = [torch.rand(128, generator=g, device="cuda").bfloat16() * 2 for _ in range(2)]
+    freqs = torch.randn(4096 + text_tokens, 64, generator=g, device="cuda").repeat_interleave(2, dim=1)
+    args = (image, text if text_tokens else None, weights[0], weights[1] if text_tokens else None, freqs.cos(), freqs.sin(),
+            torch.tensor(2 * 128 ** 0.5, device="cuda"), 1e-6)
+    out = qk_quantize.norm_rope_quantize(*args)
+    expected = qk_quantize.reference(*args)
+    # Only the norm's sum order differs: a value may land on the neighbouring FP8 number, rarely.
+    assert out.shape == expected.shape and (out.view(torch.uint8) != expected.view(torch.uint8)).float().mean() < 1e-3
+    assert rel_error(out.float(), expected.float()) < 1e-2
