@@ -80,6 +80,7 @@ RUNGS = {
     "aot_fp8_row_fusedq_fp8attn": Rung("aot", fp8="row", fused_quant=True, fp8_attention="triton"),
     "aot_fp8_row_fusedq_cudnnattn": Rung("aot", fp8="row", fused_quant=True, fp8_attention="cudnn"),
     "aot_fp8_row_fusedq_cudnnstaticqk": Rung("aot", fp8="row", fused_quant=True, fp8_attention="cudnn_static_qk"),
+    "aot_fp8_row_fusedq_ff_cudnnattn": Rung("aot", fp8="row", fused_quant=True, fused_ff_quant=True, fp8_attention="cudnn"),
     "aot_fp8_row_fusedq_ff_cudnnstaticqk": Rung(
         "aot", fp8="row", fused_quant=True, fused_ff_quant=True, fp8_attention="cudnn_static_qk"),
     # Persistent reductions (each row read once) for the row-wise FP8 scales: inductor's multi-kernel picks per
