@@ -1,10 +1,11 @@
-"""diffusers' FLUX attention with q and k in FP8 from one kernel, and attention through cuDNN's FP8 kernel.
+"""diffusers' FLUX attention with q and k cast to FP8 by static scales, and attention through cuDNN's FP8 kernel.
 
 FLUX's q and k leave an RMSNorm per head, so their magnitude is bounded by the norms' weights
-(`qk_bounds`): they are cast to FP8 with that bound's scale in the same pass that normalizes and
-rotates them (`qk_quantize.py`), and the attention op quantizes only v (`cudnn_attention.py`).
-`FluxAttnProcessorFP8` is diffusers' `FluxAttnProcessor` with those three steps swapped in; it stands
-in for it while a program is exported (`attention.sdpa_as_fp8`).
+(`qk_bounds`): cast with that bound's scale, they need no reduction over the tensor, so the compiled
+graph casts them in the kernel that normalizes and rotates them and writes half the bytes, and the
+attention op quantizes only v (`cudnn_attention.py`). `FluxAttnProcessorFP8` is diffusers'
+`FluxAttnProcessor` with that cast and op in place of SDPA; it stands in for it while a program is
+exported (`attention.sdpa_as_fp8`).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from __future__ import annotations
 import math
 
 import torch
+from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
-from .cudnn_attention import cudnn_fp8_attention_static_qk
-from .qk_quantize import norm_rope_quantize
+from .cudnn_attention import FP8, FP8_MAX, cudnn_fp8_attention_static_qk
 
 
 def swappable(module: torch.nn.Module) -> bool:
@@ -47,32 +48,35 @@ def qk_bounds(norms: list[list[torch.nn.RMSNorm]]) -> torch.Tensor:
     return largest * (math.sqrt(head_dim) * 1.02)  # 2% for bf16's roundings of norm, weight and RoPE
 
 
+def quantize_bounded(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """x as FP8 with the scale bound / FP8_MAX (the attention op's): no reduction over x."""
+    scale = (bound / FP8_MAX).clamp(min=1e-12)
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+
+
 class FluxAttnProcessorFP8:
-    """`FluxAttnProcessor` with q and k normalized, rotated and cast to FP8 in one kernel, attention in FP8."""
+    """`FluxAttnProcessor` with q and k cast to FP8 by their bounds' scales after RoPE, and attention in FP8."""
 
     def __call__(
         self, attn: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None, image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        if attention_mask is not None or image_rotary_emb is None:  # not FLUX's call: diffusers' own path
+        if attention_mask is not None:  # not FLUX's call: diffusers' own path
             return FluxAttnProcessor()(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         query, key, value, text_query, text_key, text_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
         query, key, value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (query, key, value))
-        text = encoder_hidden_states is not None and attn.added_kv_proj_dim is not None
-        if text:
+        query, key = attn.norm_q(query), attn.norm_k(key)
+        if attn.added_kv_proj_dim is not None:
             text_query, text_key, text_value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (text_query, text_key, text_value))
+            query = torch.cat([attn.norm_added_q(text_query), query], dim=1)
+            key = torch.cat([attn.norm_added_k(text_key), key], dim=1)
             value = torch.cat([text_value, value], dim=1)
-        norms = qk_norms(attn)
-        bounds = qk_bounds(norms)
-        cos, sin = image_rotary_emb
-        q8, k8 = (
-            norm_rope_quantize(image, text_part if text else None, pair[0].weight, pair[1].weight if text else None,
-                               cos, sin, bound, pair[0].eps if pair[0].eps is not None else torch.finfo(image.dtype).eps)
-            for image, text_part, pair, bound in zip((query, key), (text_query, text_key), norms, bounds)
-        )
-        hidden_states = cudnn_fp8_attention_static_qk(
-            q8.transpose(1, 2), k8.transpose(1, 2), value.transpose(1, 2), bounds, 1 / math.sqrt(attn.head_dim)
-        )
+        if image_rotary_emb is not None:
+            query = apply_rotary_emb(query, image_rotary_emb, sequence_dim=1)
+            key = apply_rotary_emb(key, image_rotary_emb, sequence_dim=1)
+        bounds = qk_bounds(qk_norms(attn))
+        q8, k8 = (quantize_bounded(x, bound).transpose(1, 2) for x, bound in zip((query, key), bounds))
+        hidden_states = cudnn_fp8_attention_static_qk(q8, k8, value.transpose(1, 2), bounds, 1 / math.sqrt(attn.head_dim))
         hidden_states = hidden_states.transpose(1, 2).flatten(2, 3).to(query.dtype)
         if encoder_hidden_states is None:
             return hidden_states

@@ -23,7 +23,6 @@ from fp8_kernels import (
     cudnn_attention,
     fuse_feed_forward_quantization_,
     fuse_single_block_quantization_,
-    qk_quantize,
     quantize,
     sdpa_as_fp8,
 )
@@ -207,7 +206,7 @@ def test_static_qk_op_is_close_to_fp32_sdpa():
     """q and k cast with their bounds' scales (up to 11x their amax here) lose nothing over per-tensor amax scales."""
     q, k, v = normed_qkv(300)
     bounds = torch.tensor([128 ** 0.5 * 1.02] * 2)
-    q8, k8 = (qk_quantize.quantize_bounded(x.bfloat16(), b) for x, b in zip((q, k), bounds))
+    q8, k8 = (flux_attention_module.quantize_bounded(x.bfloat16(), b) for x, b in zip((q, k), bounds))
     expected = F.scaled_dot_product_attention(q, k, v)
     out = cudnn_attention.cudnn_fp8_attention_static_qk(q8, k8, v.bfloat16(), bounds, 128 ** -0.5)
     per_tensor = cudnn_attention.reference(q.bfloat16(), k.bfloat16(), v.bfloat16(), 128 ** -0.5)
@@ -255,7 +254,7 @@ def test_export_records_the_fp8_ops(fp8_on_cpu, monkeypatch):
     fuse_single_block_quantization_(holder)
     monkeypatch.setattr(cudnn_attention, "MIN_TOKENS", 0)  # the block's 80 tokens in FP8
     ops = {"triton": {"flux_fast.fp8_attention.default"}, "cudnn": {"flux_fast.cudnn_fp8_attention.default"},
-           "cudnn_static_qk": {"flux_fast.cudnn_fp8_attention_static_qk.default", "flux_fast.norm_rope_quantize.default"}}
+           "cudnn_static_qk": {"flux_fast.cudnn_fp8_attention_static_qk.default"}}
     freqs = torch.randn(80, 64).repeat_interleave(2, dim=1)  # 16 text + 64 image tokens
     for kernel, kernel_ops in ops.items():
         with aoti.weights.unwrapped_subclasses(block), sdpa_as_fp8(kernel, [block]):
@@ -395,24 +394,8 @@ def test_cudnn_op_matches_its_torch_path(tokens):
 def test_cudnn_static_qk_op_matches_its_torch_path(tokens):
     q, k, v = (x.bfloat16() for x in normed_qkv(tokens, device="cuda", heads=24))
     bounds = torch.full((2,), 128 ** 0.5 * 1.02, device="cuda")
-    q8, k8 = (qk_quantize.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
+    q8, k8 = (flux_attention_module.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
     out = cudnn_attention.cudnn_fp8_attention_static_qk(q8, k8, v, bounds, 128 ** -0.5)
     assert out.transpose(1, 2).is_contiguous()
     expected = cudnn_attention.reference_static_qk(q8, k8, v, bounds, 128 ** -0.5)
     assert rel_error(out.float(), expected.float()) < 0.04
-
-
-@cuda
-@pytest.mark.parametrize("text_tokens", [0, 512])
-def test_norm_rope_quantize_kernel_matches_its_torch_path(text_tokens):
-    g = torch.Generator("cuda").manual_seed(3)
-    image, text = ((3 * torch.randn(1, n, 24, 128, generator=g, device="cuda")).bfloat16() for n in (4096, text_tokens))
-    weights = [torch.rand(128, generator=g, device="cuda").bfloat16() * 2 for _ in range(2)]
-    freqs = torch.randn(4096 + text_tokens, 64, generator=g, device="cuda").repeat_interleave(2, dim=1)
-    args = (image, text if text_tokens else None, weights[0], weights[1] if text_tokens else None, freqs.cos(), freqs.sin(),
-            torch.tensor(2 * 128 ** 0.5, device="cuda"), 1e-6)
-    out = qk_quantize.norm_rope_quantize(*args)
-    expected = qk_quantize.reference(*args)
-    # Only the norm's sum order differs: a value may land on the neighbouring FP8 number, rarely.
-    assert out.shape == expected.shape and (out.view(torch.uint8) != expected.view(torch.uint8)).float().mean() < 1e-3
-    assert rel_error(out.float(), expected.float()) < 1e-2
