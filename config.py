@@ -74,10 +74,11 @@ class OptimizationConfig:
     fp8_fused_ff_quantization: bool = field(default=True, metadata=env("AOTI_FP8_FUSED_FF_QUANT"))
     # FP8 only. Off: the double blocks' text-stream linears (512 rows) stay bf16, where cuBLAS's FP8 is slow.
     fp8_text_stream: bool = field(default=True, metadata=env("AOTI_FP8_TEXT_STREAM"))
-    # FP8 only, where the backend is PyTorch's SDPA: attention in FP8 too. "cudnn": cuDNN's FP8 flash
-    # attention (Hopper+, 5 ms less per 1024x1024 step, same error); "cudnn_static_qk": the same with q and k
-    # scaled by bounds from their RMSNorms, cast by the compiled graph; "triton": fp8_kernels/ (slower); "off".
-    fp8_attention: str = field(default="cudnn", metadata=env("AOTI_FP8_ATTENTION"))
+    # FP8 only, where the backend is PyTorch's SDPA: attention in FP8 too, through cuDNN's FP8 flash attention
+    # (Hopper+). "cudnn_static_qk": q and k scaled by bounds from their RMSNorms' weights and cast by the compiled
+    # graph (7 ms less per 1024x1024 step, same error); "cudnn": per-tensor amax scales of q, k and v in the op
+    # (2 ms slower); "triton": fp8_kernels/ (slower); "off".
+    fp8_attention: str = field(default="cudnn_static_qk", metadata=env("AOTI_FP8_ATTENTION"))
     # The VAE decoder compiled too (vae.py), for the default size and static_sizes: 85 -> 38 ms at 1024x1024 (H200).
     vae_decoder: bool = field(default=True, metadata=env("AOTI_VAE"))
     # Extra static graphs for these sizes ("1024x1024,1344x768"), sharing the weights with the dynamic graph;

@@ -24,7 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.bench_transformer import environment, median_ms, rel_error
 from fp8_kernels import attention as fp8_attention
-from fp8_kernels import cudnn_attention, flux_attention, quantize
+from fp8_kernels import cudnn_attention, quantize
 
 HEADS, HEAD_DIM, TEXT_TOKENS, DIM, MLP = 24, 128, 512, 3072, 12288
 
@@ -75,7 +75,7 @@ def attention_rows(tokens: int, args) -> list[dict]:
         variants["cuDNN fp8 op (bf16 below MIN_TOKENS)"] = lambda: cudnn_attention.cudnn_fp8_attention(q, k, v, scale)
         # q and k as the compiled graph casts them with AOTI_FP8_ATTENTION=cudnn_static_qk (RMSNorm weights of 1).
         bounds = torch.full((2,), HEAD_DIM ** 0.5 * 1.02, device="cuda")
-        q8b, k8b = (flux_attention.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
+        q8b, k8b = (fp8_attention.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
         variants["cuDNN fp8 static-qk op (q, k cast upstream)"] = (
             lambda: cudnn_attention.cudnn_fp8_attention_static_qk(q8b, k8b, v, bounds, scale))
     else:

@@ -43,7 +43,8 @@ PAGES = (ROOT / "bench" / "README.md", ROOT / "README.md")
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
 # The per-size table; "+cudagraph" rows are the app's default on the GPU.
 SUMMARY = (
-    "eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row_fusedq_cudnnattn+cudagraph",
+    "eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row_fusedq_cudnnstaticqk+cudagraph",
+    "aot_fp8_row_fusedq_cudnnstaticqk", "aot_fp8_row_fusedq_ff_cudnnattn+cudagraph", "aot_fp8_row_fusedq_cudnnattn+cudagraph",
     "aot_fp8_row_fusedq_cudnnattn", "aot_fp8_row_fusedq+cudagraph", "aot_fp8_row_fusedq", "aot_fp8_row+cudagraph",
     "aot_fp8_row", "torch_compile_fp8",
 )
@@ -53,11 +54,24 @@ SHORT = {"coordinate_descent_tuning": "CD", "coordinate_descent_check_all_direct
 BUILD_ONLY = {"aot_inductor.compile_wrapper_opt_level"}
 # README.md's summary: column title, rung.
 SPEED = {"eager bf16": "eager", "`torch.compile` + FP8": "torch_compile_fp8",
-         "this template (AoT, FP8, CUDA graphs)": "aot_fp8_row_fusedq_cudnnattn+cudagraph"}
+         "this template (AoT, FP8, CUDA graphs)": "aot_fp8_row_fusedq_cudnnstaticqk+cudagraph"}
 # Runs whose rungs ran code the template no longer has: in bench/README.md, not in README.md's summary.
-SUPERSEDED = {"run16-bf16text-cudnn-attention"}  # cuDNN attention with ATen quantization, FP8 at every size
+# Rungs whose code the template no longer has, by run and part of the rung name: in bench/README.md, marked, and
+# not in README.md's summary.
+SUPERSEDED = {
+    "run16-bf16text-cudnn-attention": "cudnnattn",  # cuDNN attention with ATen quantization, FP8 at every size
+    # The static-q/k rungs ran a one-pass Triton kernel for q and k (removed: slower), not the cast in the graph.
+    "run22-norm-rope-kernel-v1": "cudnnstaticqk", "run23-norm-rope-kernel-v2": "cudnnstaticqk",
+}
+
+
+def superseded(row: dict, path: Path) -> bool:
+    return SUPERSEDED.get(path.parent.name, "\0") in row["rung"]
+
+
 KERNELS = [RESULTS / "kernels-h200" / name for name in
-           ("kernels.json", "cudnn-fp8-attention-cudagraph.json", "cudnn-fp8-attention-fused-cudagraph.json")]
+           ("kernels.json", "cudnn-fp8-attention-cudagraph.json", "cudnn-fp8-attention-fused-cudagraph.json",
+            "cudnn-fp8-attention-static-qk-cudagraph.json")]
 
 
 def natural(path: Path) -> list:
@@ -74,7 +88,8 @@ def load(paths: list[Path]) -> list[dict]:
             base = eager.get(row["size"])
             rows.append({
                 **row, "run": run, "speedup": base["ms"] / row["ms"] if base else None,
-                "label": row["rung"] + (run["options"] if row["rung"].startswith("aot") else ""),
+                "label": row["rung"] + (run["options"] if row["rung"].startswith("aot") else "")
+                + (f" [{path.parent.name}: code since removed]" if superseded(row, path) else ""),
             })
     return rows
 
@@ -198,7 +213,7 @@ def render(rows: list[dict]) -> str:
 
 def render_summary(rows: list[dict], coldstart: Path) -> str:
     """README.md's speed table: per size, the range over every run with the current options and code."""
-    rows = [r for r in rows if not r["run"]["options"] and r["run"]["path"].parent.name not in SUPERSEDED]
+    rows = [r for r in rows if not r["run"]["options"] and not superseded(r, r["run"]["path"])]
     lines = ["| size | " + " | ".join(SPEED) + " |", "|---|" + "---:|" * len(SPEED)]
     for size in SIZES:
         cells = []

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
-from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxSingleTransformerBlock
+from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
 
 import aoti
 import optimization
@@ -26,7 +26,6 @@ from fp8_kernels import (
     quantize,
     sdpa_as_fp8,
 )
-from fp8_kernels import flux_attention as flux_attention_module
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
 
@@ -153,60 +152,56 @@ def attention_inputs(text_tokens, tokens=64):
 
 @pytest.mark.parametrize("text_tokens", [0, 16])
 def test_qk_bounds_hold_at_the_sdpa_call(text_tokens, monkeypatch):
-    """Every q and k value diffusers' FLUX attention hands SDPA lies within its bound, and the bound is not loose
+    """Every q and k value FLUX's attention hands SDPA lies within its bound, and the bound is not loose
     by more than the RMSNorm's sqrt(D) allows."""
     attn = flux_attention(text_tokens)
     seen = []
 
-    def record(query, key, value, *args, **kwargs):
-        seen.append((query.float().abs().amax(), key.float().abs().amax()))
+    def record(query, key, value, *args, kernel, **kwargs):
+        seen.append((query.float().abs().amax(), key.float().abs().amax(), attention._QK_BOUNDS[-1]))
         return attention._sdpa(query, key, value, *args, **kwargs)
 
-    monkeypatch.setattr(F, "scaled_dot_product_attention", record)
-    with torch.no_grad():
+    monkeypatch.setattr(attention, "scaled_dot_product_attention_fp8", record)
+    with sdpa_as_fp8("cudnn_static_qk", [attn]), torch.no_grad():
         attn(**attention_inputs(text_tokens))
-    (q_max, k_max), bounds = seen[0], flux_attention_module.qk_bounds(flux_attention_module.qk_norms(attn))
+    assert len(seen) == 1 and not attention._QK_BOUNDS  # pushed for the call, popped after it
+    q_max, k_max, bounds = seen[0]
     assert q_max <= bounds[0] and k_max <= bounds[1]
     assert q_max > bounds[0] / 12 and k_max > bounds[1] / 12  # sqrt(128) = 11.3
 
 
 @pytest.mark.parametrize("text_tokens", [0, 16])
-def test_fp8_processor_is_as_exact_as_per_tensor_fp8_attention(text_tokens):
-    """diffusers' FLUX attention with `FluxAttnProcessorFP8` swapped in (q and k from the one-pass kernel's torch
-    path, scaled by their bounds) against the same module in fp32: no further from it than per-tensor FP8 scales."""
+def test_static_qk_attention_is_as_exact_as_per_tensor_scales(text_tokens):
+    """diffusers' FLUX attention with q and k cast by their bounds' scales, against the same module in fp32:
+    no further from it than with per-tensor amax scales."""
     attn = flux_attention(text_tokens)
     inputs = attention_inputs(text_tokens)
     with torch.no_grad():
         expected = attn.float()(**{k: v.float() if torch.is_tensor(v) else v for k, v in inputs.items()})
         attn.bfloat16()
         with sdpa_as_fp8("cudnn_static_qk", [attn]):
-            assert isinstance(attn.processor, flux_attention_module.FluxAttnProcessorFP8)
             static = attn(**inputs)
         with sdpa_as_fp8("cudnn", [attn]):
             per_tensor = attn(**inputs)
-    assert type(attn.processor) is FluxAttnProcessor  # restored
+    assert not attn._forward_pre_hooks and not attn._forward_hooks  # the swap's hooks are gone
     static, per_tensor, expected = (x if isinstance(x, tuple) else (x,) for x in (static, per_tensor, expected))
     for out, other, ref in zip(static, per_tensor, expected):
         assert rel_error(out.float(), ref) < 1.1 * rel_error(other.float(), ref) + 1e-3
 
 
-def test_only_flux_attention_with_its_processor_and_rms_norms_is_swapped():
+def test_qk_bounds_only_for_flux_attention_with_rms_norms():
     attn = flux_attention()
-    assert flux_attention_module.qk_norms(attn) == [[attn.norm_q], [attn.norm_k]]
-    assert flux_attention_module.swappable(attn)
-    attn.processor = flux_attention_module.FluxAttnProcessorFP8()  # e.g. an IP-adapter's processor
-    assert not flux_attention_module.swappable(attn)
-    attn = flux_attention()
+    assert attention.qk_norms(attn) == [[attn.norm_q], [attn.norm_k]]
     attn.norm_q = torch.nn.LayerNorm(128)
-    assert flux_attention_module.qk_norms(attn) is None and not flux_attention_module.swappable(attn)
-    assert not flux_attention_module.swappable(torch.nn.Linear(2, 2))
+    assert attention.qk_norms(attn) is None
+    assert attention.qk_norms(torch.nn.Linear(2, 2)) is None
 
 
 def test_static_qk_op_is_close_to_fp32_sdpa():
     """q and k cast with their bounds' scales (up to 11x their amax here) lose nothing over per-tensor amax scales."""
     q, k, v = normed_qkv(300)
     bounds = torch.tensor([128 ** 0.5 * 1.02] * 2)
-    q8, k8 = (flux_attention_module.quantize_bounded(x.bfloat16(), b) for x, b in zip((q, k), bounds))
+    q8, k8 = (attention.quantize_bounded(x.bfloat16(), b) for x, b in zip((q, k), bounds))
     expected = F.scaled_dot_product_attention(q, k, v)
     out = cudnn_attention.cudnn_fp8_attention_static_qk(q8, k8, v.bfloat16(), bounds, 128 ** -0.5)
     per_tensor = cudnn_attention.reference(q.bfloat16(), k.bfloat16(), v.bfloat16(), 128 ** -0.5)
@@ -394,7 +389,7 @@ def test_cudnn_op_matches_its_torch_path(tokens):
 def test_cudnn_static_qk_op_matches_its_torch_path(tokens):
     q, k, v = (x.bfloat16() for x in normed_qkv(tokens, device="cuda", heads=24))
     bounds = torch.full((2,), 128 ** 0.5 * 1.02, device="cuda")
-    q8, k8 = (flux_attention_module.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
+    q8, k8 = (attention.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
     out = cudnn_attention.cudnn_fp8_attention_static_qk(q8, k8, v, bounds, 128 ** -0.5)
     assert out.transpose(1, 2).is_contiguous()
     expected = cudnn_attention.reference_static_qk(q8, k8, v, bounds, 128 ** -0.5)
