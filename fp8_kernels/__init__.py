@@ -4,7 +4,8 @@ same math in torch ops, so export, compile and tests run on machines without a G
 
 - `quantize`: the single blocks' GELU + concat + per-row FP8 quantization in one pass (Triton), and the
   double blocks' feed-forward GELU + quantization;
-- `cudnn_attention`: attention through cuDNN's FP8 flash attention, per-tensor scales (the default);
+- `cudnn_attention`: attention through cuDNN's FP8 flash attention, per-tensor scales (static ones for q
+  and k by default);
 - `attention`: the export-time swap of SDPA for either FP8 attention, and a Triton one (per-head scales);
 - `blocks`: how FLUX's blocks use them.
 """

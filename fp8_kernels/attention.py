@@ -1,17 +1,19 @@
 """Attention with FP8 q, k and v in place of bf16 SDPA: the export-time swap, and a Triton kernel.
 
 Hopper's FP8 tensor cores do twice the bf16 rate, and attention is a quarter of a FLUX step.
-`sdpa_as_fp8` records every SDPA call of the transformer as one of two ops: cuDNN's FP8 flash
-attention (`cudnn_attention.py`, the default) or this file's Triton kernel, after the fused-attention
-tutorial of Triton (triton-lang/triton, `python/tutorials/06-fused-attention.py`, MIT). PyTorch's and
+`sdpa_as_fp8` records every SDPA call of the transformer as an FP8 op: cuDNN's FP8 flash attention
+(`cudnn_attention.py`), either with q and k cast by the compiled graph with static scales from their
+RMSNorms' weights (`qk_bounds`, the default) or with per-tensor scales of q, k and v found in the op,
+or this file's Triton kernel, after the fused-attention tutorial of Triton (triton-lang/triton,
+`python/tutorials/06-fused-attention.py`, MIT). PyTorch's and
 torchao's own FP8 routes need a FlashAttention-3 build (`flash_attn_interface`), which PyPI does not
 carry (the name there is an empty placeholder).
 
 The Triton kernel is not the default: on an H200 it is 1.07x cuDNN's bf16 attention alone, slower
 once q, k and v are quantized (bench/README.md, "FP8 kernels").
 
-Scales: q and k per head (FLUX's q and k come out of an RMSNorm, so their magnitudes are even
-across tokens), v per head and channel (applied once to the output). Softmax probabilities are
+The Triton kernel's scales: q and k per head (FLUX's q and k come out of an RMSNorm, so their magnitudes
+are even across tokens), v per head and channel (applied once to the output). Softmax probabilities are
 stored as FP8 times 256 so that small ones keep their precision; the sum they are divided by stays
 in fp32.
 """

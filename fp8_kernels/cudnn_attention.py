@@ -6,10 +6,12 @@ library PyTorch already ships. It takes per-tensor scales: one for each of q, k 
 softmax probabilities (always within [0, 1]) and one for the output, which on Hopper is FP8 too (at
 most max|v|, so v's scale serves it).
 
+`cudnn_fp8_attention_static_qk` (the default) takes q and k already in FP8, cast by the compiled graph
+with static scales (`attention.qk_bounds`), and quantizes only v: 0.319 against 0.354 ms at 1024x1024.
 `cudnn_fp8_attention` is the whole computation in one custom op (amax and quantization of q, k, v by
 two Triton passes, cuDNN's kernel, the output back in bf16), which AOTInductor calls from the program.
-Quantizing in the compiled graph instead, with only the kernel in an op, was slower on the H200 (92.2
-against 90.9 ms per 1024x1024 step; bench/NOTES.md, session 14). A program compiled with the op runs
+Finding the amax of q, k and v in the compiled graph instead, with only the kernel in an op, was slower on
+the H200 (92.2 against 90.9 ms per 1024x1024 step; bench/NOTES.md, session 14): static scales avoid that. A program compiled with the op runs
 anywhere: on a CPU it runs the same per-tensor FP8 math in torch ops, on a GPU without the package or
 a Hopper chip SDPA (logged once).
 """
