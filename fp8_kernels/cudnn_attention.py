@@ -11,9 +11,9 @@ with static scales (`attention.qk_bounds`), and quantizes only v: 0.319 against 
 `cudnn_fp8_attention` is the whole computation in one custom op (amax and quantization of q, k, v by
 two Triton passes, cuDNN's kernel, the output back in bf16), which AOTInductor calls from the program.
 Finding the amax of q, k and v in the compiled graph instead, with only the kernel in an op, was slower on
-the H200 (92.2 against 90.9 ms per 1024x1024 step; bench/NOTES.md, session 14): static scales avoid that. A program compiled with the op runs
-anywhere: on a CPU it runs the same per-tensor FP8 math in torch ops, on a GPU without the package or
-a Hopper chip SDPA (logged once).
+the H200 (92.2 against 90.9 ms per 1024x1024 step; bench/NOTES.md, session 14): static scales avoid that.
+A program compiled with either op runs anywhere: on a CPU it runs the same FP8 math in torch ops, on a
+GPU without the package or a Hopper chip SDPA (logged once).
 """
 
 from __future__ import annotations
