@@ -295,8 +295,12 @@ def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_c
     eager = tiny_transformer()
     quantize_fp8_(eager, "row")
     model = tiny_transformer()
+    static_qk_calls = []  # recorded while export traces the blocks: one per block kind when the bounds reach SDPA
+    original = attention.cudnn_fp8_attention_static_qk
+    monkeypatch.setattr(attention, "cudnn_fp8_attention_static_qk", lambda *a: static_qk_calls.append(1) or original(*a))
     programs = optimization.compile_transformer(model, [aoti.CapturedCall((), transformer_call(16, 16))], config, True)
     optimization.apply_programs_(model, programs, config, True)
+    assert len(static_qk_calls) == (2 if kernel == "cudnn_static_qk" else 0)
     assert "forward" in vars(model.transformer_blocks[0].ff) and "forward" in vars(model.single_transformer_blocks[0])
     for h, w in [(16, 16), (16, 24)]:  # the captured size and another one of the dynamic range
         call = transformer_call(h, w, seed=h * w)
@@ -394,3 +398,18 @@ def test_cudnn_static_qk_op_matches_its_torch_path(tokens):
     assert out.transpose(1, 2).is_contiguous()
     expected = cudnn_attention.reference_static_qk(q8, k8, v, bounds, 128 ** -0.5)
     assert rel_error(out.float(), expected.float()) < 0.04
+
+
+@cuda
+def test_cudnn_static_qk_op_on_a_gpu_without_the_kernel_runs_bf16_sdpa(monkeypatch, caplog):
+    """A program compiled with static q/k scales still serves on a GPU that cannot run cuDNN's FP8 kernel."""
+    q, k, v = (x.bfloat16() for x in normed_qkv(4608, device="cuda", heads=24))
+    bounds = torch.full((2,), 128 ** 0.5 * 1.02, device="cuda")
+    q8, k8 = (attention.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
+    monkeypatch.setattr(cudnn_attention, "unavailable", lambda device: "no FP8 here")
+    cudnn_attention._warn_once.cache_clear()
+    with caplog.at_level("WARNING"):
+        out = cudnn_attention.cudnn_fp8_attention_static_qk(q8, k8, v, bounds, 128 ** -0.5)
+    assert "no FP8 here" in caplog.text and out.transpose(1, 2).is_contiguous()
+    # q and k passed through FP8 (3 mantissa bits); v and the attention itself stay bf16.
+    assert rel_error(out.float(), F.scaled_dot_product_attention(q, k, v, scale=128 ** -0.5).float()) < 0.04
