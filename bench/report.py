@@ -55,7 +55,6 @@ BUILD_ONLY = {"aot_inductor.compile_wrapper_opt_level"}
 # README.md's summary: column title, rung.
 SPEED = {"eager bf16": "eager", "`torch.compile` + FP8": "torch_compile_fp8",
          "this template (AoT, FP8, CUDA graphs)": "aot_fp8_row_fusedq_cudnnstaticqk+cudagraph"}
-# Runs whose rungs ran code the template no longer has: in bench/README.md, not in README.md's summary.
 # Rungs whose code the template no longer has, by run and part of the rung name: in bench/README.md, marked, and
 # not in README.md's summary.
 SUPERSEDED = {

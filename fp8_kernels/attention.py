@@ -28,7 +28,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from .cudnn_attention import cudnn_fp8_attention, cudnn_fp8_attention_static_qk
+from .cudnn_attention import cudnn_fp8_attention, cudnn_fp8_attention_static_qk, scale_of
 
 try:
     import triton
@@ -47,14 +47,14 @@ _QK_BOUNDS: list[torch.Tensor] = []  # while an attention module with RMS-normed
 def quantize_per_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, H, S, D] as FP8 with one fp32 scale per (batch, head): (data, scale [B, H])."""
     amax = x.abs().amax(dim=(-2, -1), keepdim=True).float()
-    scale = (amax / FP8_MAX).clamp(min=1e-12)  # an all-zero head stays zero instead of NaN
+    scale = scale_of(amax)
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), scale.flatten(-3)
 
 
 def quantize_value(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """v [B, H, S, D] as FP8 with one scale per (batch, head, channel), transposed to [B, H, D, S]:
     FP8 tensor cores want the summed-over axis (tokens, for P @ V) contiguous."""
-    scale = (v.abs().amax(dim=-2, keepdim=True).float() / FP8_MAX).clamp(min=1e-12)
+    scale = scale_of(v.abs().amax(dim=-2, keepdim=True).float())
     data = (v.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
     return data.transpose(-1, -2).contiguous(), scale.squeeze(-2)
 
@@ -180,7 +180,7 @@ def scaled_dot_product_attention_fp8(
 def quantize_bounded(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
     """x as FP8 with the scale bound / FP8_MAX (the op's): no reduction, so the compiled graph casts x in
     the kernel that computes it and writes half the bytes."""
-    scale = (bound / FP8_MAX).clamp(min=1e-12)
+    scale = scale_of(bound)
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
 

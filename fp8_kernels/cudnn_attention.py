@@ -40,11 +40,15 @@ _sdpa = torch.nn.functional.scaled_dot_product_attention  # the original, also w
 log = logging.getLogger(__name__)
 
 
+def scale_of(amax: torch.Tensor) -> torch.Tensor:
+    """The FP8 scale for values up to `amax` (fp32), as the Triton kernels compute it: x ~ FP8(x / scale) * scale."""
+    return (amax / FP8_MAX).clamp(min=1e-12)  # all zeros stay zeros, not NaN
+
+
 def per_tensor_scales(*tensors: torch.Tensor) -> torch.Tensor:
-    """One fp32 FP8 scale per tensor, [N], with x ~ FP8(x / scale) * scale (torch ops)."""
+    """One fp32 FP8 scale per tensor, [N] (torch ops)."""
     # vector_norm(inf) is max|x| without materializing |x|.
-    amax = torch.stack([torch.linalg.vector_norm(x, float("inf"), dtype=torch.float32) for x in tensors])
-    return amax.div_(FP8_MAX).clamp_(min=1e-12)  # all zeros stay zeros, not NaN
+    return scale_of(torch.stack([torch.linalg.vector_norm(x, float("inf"), dtype=torch.float32) for x in tensors]))
 
 
 if triton is not None:
@@ -123,7 +127,7 @@ def quantize_value(v: torch.Tensor, qk_amax: torch.Tensor) -> tuple[torch.Tensor
     amax[:2] = qk_amax
     if not (v.is_cuda and triton is not None and _flat(v) and v.stride() == v8.stride()):
         amax[2] = torch.linalg.vector_norm(v, float("inf"), dtype=torch.float32)
-        scales = (amax / FP8_MAX).clamp_(min=1e-12)
+        scales = scale_of(amax)
         v8.copy_(v.float() / scales[2])
         return v8, torch.cat([scales, scales.reciprocal()])
     scales = torch.empty(6, dtype=torch.float32, device=v.device)
@@ -276,7 +280,7 @@ def cudnn_fp8_attention_static_qk(
     reason = unavailable(q8.device)
     if reason is not None:  # a program compiled elsewhere still runs here: q and k back in bf16, SDPA
         _warn_once(f"FP8 attention runs as bf16 SDPA on this GPU: {reason}")
-        q, k = ((x8.float() * (amax / FP8_MAX).clamp(min=1e-12)).to(v.dtype) for x8, amax in zip((q8, k8), qk_amax))
+        q, k = ((x8.float() * scale_of(amax)).to(v.dtype) for x8, amax in zip((q8, k8), qk_amax))
         out = _sdpa(q, k, v, scale=sm_scale)
         return torch.empty_strided(*output_layout(q8), dtype=v.dtype, device=v.device).copy_(out)
     v8, scales = quantize_value(v, qk_amax)
