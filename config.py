@@ -79,6 +79,8 @@ class OptimizationConfig:
     # graph (7 ms less per 1024x1024 step, same error); "cudnn": per-tensor amax scales of q, k and v in the op
     # (2 ms slower); "triton": fp8_kernels/ (slower); "off".
     fp8_attention: str = field(default="cudnn_static_qk", metadata=env("AOTI_FP8_ATTENTION"))
+    # "cudnn_static_qk" only: q and k's RMSNorm, RoPE and FP8 cast as one Triton kernel (fp8_kernels/qk_quantize.py).
+    fp8_fused_qk_quantization: bool = field(default=False, metadata=env("AOTI_FP8_FUSED_QK_QUANT"))
     # The VAE decoder compiled too (vae.py), for the default size and static_sizes: 85 -> 38 ms at 1024x1024 (H200).
     vae_decoder: bool = field(default=True, metadata=env("AOTI_VAE"))
     # Extra static graphs for these sizes ("1024x1024,1344x768"), sharing the weights with the dynamic graph;

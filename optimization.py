@@ -169,6 +169,8 @@ def compiled_options(config: OptimizationConfig, fp8: bool, attention: str) -> d
         "fp8_fused_ff_quantization": fp8 and config.fp8_granularity == "row" and config.fp8_fused_ff_quantization,
         "fp8_text_stream": config.fp8_text_stream if fp8 else None,
         "fp8_attention": fp8_attention_kernel(config, fp8, attention),
+        "fp8_fused_qk_quantization": (fp8_attention_kernel(config, fp8, attention) == "cudnn_static_qk"
+                                      and config.fp8_fused_qk_quantization),
         "attention_backend": attention,
         "dynamic": asdict(IMAGE_SEQ) if config.dynamic else None,  # range and step of the image tokens
         "static_sizes": config.static_resolutions,
@@ -241,7 +243,8 @@ def compile_transformer(
     # FP8 attention is recorded into the programs: export sees diffusers' SDPA calls run in FP8.
     fp8_attention = fp8_attention_kernel(config, fp8, SDPA)
     modules = [kind_modules[0] for kind_modules in targets.values()]
-    with stage("export", times), sdpa_as_fp8(fp8_attention, modules) if fp8_attention != "off" else nullcontext():
+    swap = sdpa_as_fp8(fp8_attention, modules, config.fp8_fused_qk_quantization) if fp8_attention != "off" else nullcontext()
+    with stage("export", times), swap:
         exported = {
             kind: [aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional)
                    for call, dims in zip(kind_calls, dynamic)]

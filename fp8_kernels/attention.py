@@ -28,7 +28,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
-from .cudnn_attention import cudnn_fp8_attention, cudnn_fp8_attention_static_qk, scale_of
+from .cudnn_attention import cudnn_fp8_attention, scale_of
+from .flux_attention import FluxAttnProcessorFP8, swappable
 
 try:
     import triton
@@ -41,7 +42,6 @@ FP8_MAX = torch.finfo(FP8).max
 P_LOG2_SCALE = 8.0  # probabilities times 2^8 in FP8: in [0, 256], clear of e4m3's subnormals
 _sdpa = F.scaled_dot_product_attention  # the original, also while `sdpa_as_fp8` has replaced it
 KERNELS = ("cudnn", "cudnn_static_qk", "triton")
-_QK_BOUNDS: list[torch.Tensor] = []  # while an attention module with RMS-normed q and k runs: its `qk_bounds`
 
 
 def quantize_per_head(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,10 +165,6 @@ def scaled_dot_product_attention_fp8(
     if attn_mask is not None or dropout_p or is_causal or enable_gqa or head_dim not in (32, 64, 128, 256):
         return _sdpa(query, key, value, attn_mask, dropout_p, is_causal, scale=scale, enable_gqa=enable_gqa)
     sm_scale = scale if scale is not None else 1.0 / math.sqrt(head_dim)
-    if kernel == "cudnn_static_qk" and _QK_BOUNDS:
-        bounds = _QK_BOUNDS[-1]
-        q8, k8 = (quantize_bounded(x, bound) for x, bound in zip((query, key), bounds))
-        return cudnn_fp8_attention_static_qk(q8, k8, value, bounds, sm_scale)
     if kernel.startswith("cudnn"):
         return cudnn_fp8_attention(query, key, value, sm_scale)
     q8, q_scale = quantize_per_head(query)
@@ -177,67 +173,25 @@ def scaled_dot_product_attention_fp8(
     return fp8_attention(q8, k8, vt8, q_scale, k_scale, v_scale, sm_scale).to(query.dtype)
 
 
-def quantize_bounded(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
-    """x as FP8 with the scale bound / FP8_MAX (the op's): no reduction, so the compiled graph casts x in
-    the kernel that computes it and writes half the bytes."""
-    scale = scale_of(bound)
-    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-
-
-def qk_norms(attn: torch.nn.Module) -> list[list[torch.nn.RMSNorm]] | None:
-    """The RMSNorms q and k leave in diffusers' FLUX attention (image and text stream), or None for other
-    attention modules: another processor may scale q and k after their norms."""
-    if type(getattr(attn, "processor", None)).__name__ != "FluxAttnProcessor":
-        return None
-    names = ("norm_q", "norm_added_q"), ("norm_k", "norm_added_k")
-    norms = [[getattr(attn, n) for n in pair if getattr(attn, n, None) is not None] for pair in names]
-    if not all(isinstance(norm, torch.nn.RMSNorm) and norm.weight is not None for pair in norms for norm in pair):
-        return None
-    return norms
-
-
-def qk_bounds(norms: list[list[torch.nn.RMSNorm]]) -> torch.Tensor:
-    """Bounds of |q| and |k| at the SDPA call, [2] fp32, from `qk_norms`' weights.
-
-    An RMSNorm's output n over D channels has sum(n^2) <= D, so each channel pair that RoPE rotates keeps
-    a norm of at most sqrt(D) * max|weight|, and so does each value. FP8 keeps its relative precision far
-    below its largest value, so a bound serves as well as the amax, and costs no pass over q and k.
-    """
-    head_dim = norms[0][0].normalized_shape[-1]
-    weights = torch.stack([norm.weight.detach() for pair in norms for norm in pair])  # one reduction kernel for all
-    largest = weights.abs().amax(dim=-1).float().view(2, -1).amax(dim=-1)
-    return largest * (math.sqrt(head_dim) * 1.02)  # 2% for bf16's roundings of norm, weight and RoPE
-
-
-def _push_qk_bounds(module: torch.nn.Module, args: tuple) -> None:
-    _QK_BOUNDS.append(qk_bounds(qk_norms(module)))
-
-
-def _pop_qk_bounds(module: torch.nn.Module, args: tuple, output: object) -> None:
-    _QK_BOUNDS.pop()  # a hook that returned it would replace the module's output
-
-
 @contextmanager
-def sdpa_as_fp8(kernel: str, modules: Iterable[torch.nn.Module] = ()) -> Iterator[None]:
+def sdpa_as_fp8(kernel: str, modules: Iterable[torch.nn.Module] = (), fused_qk: bool = False) -> Iterator[None]:
     """Within: every `F.scaled_dot_product_attention` call (diffusers' "native" backend) runs in FP8
     through `kernel` (one of KERNELS).
 
     Meant around torch.export, which records the FP8 op into the program; the same swap torchao's
-    low-precision attention makes. For "cudnn_static_qk", the FLUX attention modules among `modules`
-    and their submodules pass their `qk_bounds` to their SDPA call (others get "cudnn").
+    low-precision attention makes. For "cudnn_static_qk", diffusers' FLUX attention modules among `modules`
+    and their submodules run `FluxAttnProcessorFP8(fused_qk)` meanwhile (their other SDPA calls: "cudnn").
     """
     if kernel not in KERNELS:
         raise ValueError(f"FP8 attention kernel must be one of {KERNELS}, got {kernel!r}")
-    hooks = []
-    if kernel == "cudnn_static_qk":
-        attention = {m for module in modules for m in module.modules() if qk_norms(m) is not None}
-        for module in attention:
-            hooks.append(module.register_forward_pre_hook(_push_qk_bounds))
-            hooks.append(module.register_forward_hook(_pop_qk_bounds, always_call=True))
+    flux = {m for module in modules for m in module.modules() if swappable(m)} if kernel == "cudnn_static_qk" else ()
+    originals = {m: m.processor for m in flux}
     F.scaled_dot_product_attention = partial(scaled_dot_product_attention_fp8, kernel=kernel)
     try:
+        for module in flux:
+            module.processor = FluxAttnProcessorFP8(fused_qk)
         yield
     finally:
         F.scaled_dot_product_attention = _sdpa
-        for hook in hooks:
-            hook.remove()
+        for module, processor in originals.items():
+            module.processor = processor

@@ -7,11 +7,13 @@ test_fp8.py does. The `cuda` tests compare the Triton kernels with the torch pat
 machine (bench/results/kernels-h200/ has their run).
 """
 
+import dataclasses
+
 import pytest
 import torch
 import torch.nn.functional as F
 from diffusers import FluxTransformer2DModel
-from diffusers.models.transformers.transformer_flux import FluxSingleTransformerBlock
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, FluxSingleTransformerBlock
 
 import aoti
 import optimization
@@ -23,9 +25,11 @@ from fp8_kernels import (
     cudnn_attention,
     fuse_feed_forward_quantization_,
     fuse_single_block_quantization_,
+    qk_quantize,
     quantize,
     sdpa_as_fp8,
 )
+from fp8_kernels import flux_attention as fp8_flux
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
 
@@ -129,7 +133,7 @@ def test_sdpa_is_restored_after_the_swap():
     assert F.scaled_dot_product_attention is original
 
 
-def flux_attention(text_tokens=0):
+def flux_attention_module(text_tokens=0):
     """diffusers' FLUX attention (a single block's, or with a text stream a double block's), norm weights in [-3, 3]."""
     from diffusers.models.transformers.transformer_flux import FluxAttention
 
@@ -151,57 +155,64 @@ def attention_inputs(text_tokens, tokens=64):
 
 
 @pytest.mark.parametrize("text_tokens", [0, 16])
-def test_qk_bounds_hold_at_the_sdpa_call(text_tokens, monkeypatch):
-    """Every q and k value FLUX's attention hands SDPA lies within its bound, and the bound is not loose
+def test_qk_bounds_hold_at_the_cast(text_tokens, monkeypatch):
+    """Every q and k value FLUX's attention casts to FP8 lies within its bound, and the bound is not loose
     by more than the RMSNorm's sqrt(D) allows."""
-    attn = flux_attention(text_tokens)
+    attn = flux_attention_module(text_tokens)
     seen = []
 
-    def record(query, key, value, *args, kernel, **kwargs):
-        seen.append((query.float().abs().amax(), key.float().abs().amax(), attention._QK_BOUNDS[-1]))
-        return attention._sdpa(query, key, value, *args, **kwargs)
+    def record(x, bound):
+        seen.append((x.float().abs().amax(), bound))
+        return qk_quantize.quantize_bounded(x, bound)
 
-    monkeypatch.setattr(attention, "scaled_dot_product_attention_fp8", record)
+    monkeypatch.setattr(fp8_flux, "quantize_bounded", record)
     with sdpa_as_fp8("cudnn_static_qk", [attn]), torch.no_grad():
         attn(**attention_inputs(text_tokens))
-    assert len(seen) == 1 and not attention._QK_BOUNDS  # pushed for the call, popped after it
-    q_max, k_max, bounds = seen[0]
-    assert q_max <= bounds[0] and k_max <= bounds[1]
-    assert q_max > bounds[0] / 12 and k_max > bounds[1] / 12  # sqrt(128) = 11.3
+    assert len(seen) == 2  # q, then k
+    for amax, bound in seen:
+        assert bound / 12 < amax <= bound  # sqrt(128) = 11.3
 
 
 @pytest.mark.parametrize("text_tokens", [0, 16])
 def test_static_qk_attention_is_as_exact_as_per_tensor_scales(text_tokens):
     """diffusers' FLUX attention with q and k cast by their bounds' scales, against the same module in fp32:
-    no further from it than with per-tensor amax scales."""
-    attn = flux_attention(text_tokens)
+    no further from it than with per-tensor amax scales. The one-kernel cast gives the same bytes (on CPU both
+    run torch ops: this checks what the processor hands the op)."""
+    attn = flux_attention_module(text_tokens)
     inputs = attention_inputs(text_tokens)
     with torch.no_grad():
         expected = attn.float()(**{k: v.float() if torch.is_tensor(v) else v for k, v in inputs.items()})
         attn.bfloat16()
         with sdpa_as_fp8("cudnn_static_qk", [attn]):
             static = attn(**inputs)
+        with sdpa_as_fp8("cudnn_static_qk", [attn], fused_qk=True):
+            assert attn.processor.fused
+            fused = attn(**inputs)
         with sdpa_as_fp8("cudnn", [attn]):
             per_tensor = attn(**inputs)
-    assert not attn._forward_pre_hooks and not attn._forward_hooks  # the swap's hooks are gone
-    static, per_tensor, expected = (x if isinstance(x, tuple) else (x,) for x in (static, per_tensor, expected))
-    for out, other, ref in zip(static, per_tensor, expected):
+    assert type(attn.processor) is FluxAttnProcessor  # the swap's processor is gone
+    static, fused, per_tensor, expected = (x if isinstance(x, tuple) else (x,) for x in (static, fused, per_tensor, expected))
+    for out, one_kernel, other, ref in zip(static, fused, per_tensor, expected):
+        assert torch.equal(out, one_kernel)
         assert rel_error(out.float(), ref) < 1.1 * rel_error(other.float(), ref) + 1e-3
 
 
 def test_qk_bounds_only_for_flux_attention_with_rms_norms():
-    attn = flux_attention()
-    assert attention.qk_norms(attn) == [[attn.norm_q], [attn.norm_k]]
+    attn = flux_attention_module()
+    assert fp8_flux.qk_norms(attn) == [[attn.norm_q], [attn.norm_k]] and fp8_flux.swappable(attn)
+    attn.set_processor(fp8_flux.FluxAttnProcessorFP8(fused=False))
+    assert not fp8_flux.swappable(attn)  # another processor may scale q and k after their norms
+    attn.set_processor(FluxAttnProcessor())
     attn.norm_q = torch.nn.LayerNorm(128)
-    assert attention.qk_norms(attn) is None
-    assert attention.qk_norms(torch.nn.Linear(2, 2)) is None
+    assert fp8_flux.qk_norms(attn) is None and not fp8_flux.swappable(attn)
+    assert not fp8_flux.swappable(torch.nn.Linear(2, 2))
 
 
 def test_static_qk_op_is_close_to_fp32_sdpa():
     """q and k cast with their bounds' scales (up to 11x their amax here) lose nothing over per-tensor amax scales."""
     q, k, v = normed_qkv(300)
     bounds = torch.tensor([128 ** 0.5 * 1.02] * 2)
-    q8, k8 = (attention.quantize_bounded(x.bfloat16(), b) for x, b in zip((q, k), bounds))
+    q8, k8 = (qk_quantize.quantize_bounded(x.bfloat16(), b) for x, b in zip((q, k), bounds))
     expected = F.scaled_dot_product_attention(q, k, v)
     out = cudnn_attention.cudnn_fp8_attention_static_qk(q8, k8, v.bfloat16(), bounds, 128 ** -0.5)
     per_tensor = cudnn_attention.reference(q.bfloat16(), k.bfloat16(), v.bfloat16(), 128 ** -0.5)
@@ -249,10 +260,13 @@ def test_export_records_the_fp8_ops(fp8_on_cpu, monkeypatch):
     fuse_single_block_quantization_(holder)
     monkeypatch.setattr(cudnn_attention, "MIN_TOKENS", 0)  # the block's 80 tokens in FP8
     ops = {"triton": {"flux_fast.fp8_attention.default"}, "cudnn": {"flux_fast.cudnn_fp8_attention.default"},
-           "cudnn_static_qk": {"flux_fast.cudnn_fp8_attention_static_qk.default"}}
+           "cudnn_static_qk": {"flux_fast.cudnn_fp8_attention_static_qk.default"},
+           "cudnn_static_qk+fused_qk": {"flux_fast.cudnn_fp8_attention_static_qk.default",
+                                        "flux_fast.norm_rope_quantize.default"}}
     freqs = torch.randn(80, 64).repeat_interleave(2, dim=1)  # 16 text + 64 image tokens
-    for kernel, kernel_ops in ops.items():
-        with aoti.weights.unwrapped_subclasses(block), sdpa_as_fp8(kernel, [block]):
+    for name, kernel_ops in ops.items():
+        kernel, _, fused_qk = name.partition("+")
+        with aoti.weights.unwrapped_subclasses(block), sdpa_as_fp8(kernel, [block], bool(fused_qk)):
             program = torch.export.export(block, tuple(block_inputs()), {"image_rotary_emb": (freqs.cos(), freqs.sin())},
                                           strict=False)
         targets = {str(node.target) for node in program.graph.nodes}
@@ -283,24 +297,27 @@ def transformer_call(h, w, seed=0):
     )
 
 
-@pytest.mark.parametrize("kernel", attention.KERNELS)
+@pytest.mark.parametrize("kernel", [*attention.KERNELS, "cudnn_static_qk+fused_qk"])
 def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_cpu, kernel, monkeypatch):
     """Against fp32: FP8 noise is large on a tiny random model (5%), so the compiled program is held to
     eager FP8's own error rather than compared with it value by value. The threshold between the sizes
     (272 and 400 tokens) puts one on each side of the op's switch to bf16 SDPA."""
     monkeypatch.setattr(cudnn_attention, "MIN_TOKENS", 300)
+    kernel, _, fused_qk = kernel.partition("+")
     config = OptimizationConfig(cache=False, attention_backend="native", fp8_fused_quantization=True,
-                                fp8_fused_ff_quantization=True, fp8_attention=kernel)
+                                fp8_fused_ff_quantization=True, fp8_attention=kernel, fp8_fused_qk_quantization=bool(fused_qk))
     reference = tiny_transformer().float()
     eager = tiny_transformer()
     quantize_fp8_(eager, "row")
     model = tiny_transformer()
-    static_qk_calls = []  # recorded while export traces the blocks: one per block kind when the bounds reach SDPA
-    original = attention.cudnn_fp8_attention_static_qk
-    monkeypatch.setattr(attention, "cudnn_fp8_attention_static_qk", lambda *a: static_qk_calls.append(1) or original(*a))
+    static_qk_calls, fused_qk_calls = [], []  # recorded while export traces the blocks: one per block kind
+    for name, calls in ("cudnn_fp8_attention_static_qk", static_qk_calls), ("norm_rope_quantize", fused_qk_calls):
+        original = getattr(fp8_flux, name)
+        monkeypatch.setattr(fp8_flux, name, lambda *a, calls=calls, original=original: calls.append(1) or original(*a))
     programs = optimization.compile_transformer(model, [aoti.CapturedCall((), transformer_call(16, 16))], config, True)
     optimization.apply_programs_(model, programs, config, True)
     assert len(static_qk_calls) == (2 if kernel == "cudnn_static_qk" else 0)
+    assert len(fused_qk_calls) == (4 if fused_qk else 0)  # q and k
     assert "forward" in vars(model.transformer_blocks[0].ff) and "forward" in vars(model.single_transformer_blocks[0])
     for h, w in [(16, 16), (16, 24)]:  # the captured size and another one of the dynamic range
         call = transformer_call(h, w, seed=h * w)
@@ -331,6 +348,9 @@ def test_fp8_options_are_part_of_the_cache_key():
     # Where they cannot apply they are recorded as off: the same programs are compiled.
     assert options(with_attention, fp8=False) == options(without, fp8=False)
     assert options(with_attention, attention="_flash_3_hub") == options(without, attention="_flash_3_hub")
+    fused_qk = OptimizationConfig(fp8_fused_qk_quantization=not base.fp8_fused_qk_quantization)
+    assert options(fused_qk) != options(base)
+    assert options(dataclasses.replace(fused_qk, fp8_attention="cudnn")) == options(OptimizationConfig(fp8_attention="cudnn"))
     bf16_text = OptimizationConfig(fp8_text_stream=False)
     assert options(bf16_text) != options(base) and options(bf16_text, fp8=False) == options(base, fp8=False)
 
@@ -393,7 +413,7 @@ def test_cudnn_op_matches_its_torch_path(tokens):
 def test_cudnn_static_qk_op_matches_its_torch_path(tokens):
     q, k, v = (x.bfloat16() for x in normed_qkv(tokens, device="cuda", heads=24))
     bounds = torch.full((2,), 128 ** 0.5 * 1.02, device="cuda")
-    q8, k8 = (attention.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
+    q8, k8 = (qk_quantize.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
     out = cudnn_attention.cudnn_fp8_attention_static_qk(q8, k8, v, bounds, 128 ** -0.5)
     assert out.transpose(1, 2).is_contiguous()
     expected = cudnn_attention.reference_static_qk(q8, k8, v, bounds, 128 ** -0.5)
@@ -405,7 +425,7 @@ def test_cudnn_static_qk_op_on_a_gpu_without_the_kernel_runs_bf16_sdpa(monkeypat
     """A program compiled with static q/k scales still serves on a GPU that cannot run cuDNN's FP8 kernel."""
     q, k, v = (x.bfloat16() for x in normed_qkv(4608, device="cuda", heads=24))
     bounds = torch.full((2,), 128 ** 0.5 * 1.02, device="cuda")
-    q8, k8 = (attention.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
+    q8, k8 = (qk_quantize.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
     monkeypatch.setattr(cudnn_attention, "unavailable", lambda device: "no FP8 here")
     cudnn_attention._warn_once.cache_clear()
     with caplog.at_level("WARNING"):
@@ -413,3 +433,26 @@ def test_cudnn_static_qk_op_on_a_gpu_without_the_kernel_runs_bf16_sdpa(monkeypat
     assert "no FP8 here" in caplog.text and out.transpose(1, 2).is_contiguous()
     # q and k passed through FP8 (3 mantissa bits); v and the attention itself stay bf16.
     assert rel_error(out.float(), F.scaled_dot_product_attention(q, k, v, scale=128 ** -0.5).float()) < 0.04
+
+
+@cuda
+@pytest.mark.parametrize("text_tokens, image_tokens", [(0, 4608), (512, 4096), (512, 1024)])
+def test_norm_rope_quantize_kernel_matches_its_torch_path(text_tokens, image_tokens):
+    """At FLUX.1-dev's shapes: a single block's q (a view into the QKV output) and a double block's two streams."""
+    from diffusers.models.transformers.transformer_flux import FluxPosEmbed
+
+    g = torch.Generator("cuda").manual_seed(text_tokens + image_tokens)
+    heads, head_dim = 24, 128
+    qkv = torch.randn(1, image_tokens, 3 * heads, head_dim, generator=g, device="cuda").bfloat16()
+    image = qkv[:, :, heads:2 * heads]  # strided, as q, k and v of one fused projection
+    text = torch.randn(1, text_tokens, heads, head_dim, generator=g, device="cuda").bfloat16() if text_tokens else None
+    weights = [(3 * torch.rand(head_dim, generator=g, device="cuda")).bfloat16() for _ in range(2)]
+    ids = torch.randint(0, 128, (text_tokens + image_tokens, 3), generator=g, device="cuda").float()
+    cos, sin = FluxPosEmbed(theta=10000, axes_dim=[16, 56, 56])(ids)
+    bound = weights[0].float().abs().amax() * head_dim ** 0.5 * 1.02
+    args = (image, text, weights[0], weights[1] if text_tokens else None, cos, sin, bound, 1e-6)
+    out, expected = qk_quantize.norm_rope_quantize(*args), qk_quantize.reference(*args)
+    assert out.shape == expected.shape and out.is_contiguous()
+    # The norm's sum order may move a bf16 rounding, and so an FP8 value by one step, in a few values per 10^3.
+    assert (out.view(torch.uint8) != expected.view(torch.uint8)).float().mean() < 1e-2
+    assert rel_error(out.float(), expected.float()) < 1e-2

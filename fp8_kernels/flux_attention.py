@@ -1,0 +1,100 @@
+"""diffusers' FLUX attention with q and k in FP8 under static scales, and attention through cuDNN's FP8 kernel.
+
+FLUX's q and k leave an RMSNorm per head, so their magnitude is bounded by the norms' weights (`qk_bounds`):
+they are cast to FP8 with that bound's scale right after RoPE, and the attention op quantizes only v
+(`cudnn_attention.cudnn_fp8_attention_static_qk`). `FluxAttnProcessorFP8` is diffusers' `FluxAttnProcessor`
+with that swapped in; it stands in for it while a program is exported (`attention.sdpa_as_fp8`). With
+`fused`, RMSNorm, RoPE and the cast run as one Triton op (`qk_quantize.norm_rope_quantize`); without, as
+diffusers' ops that the compiled graph fuses.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from diffusers.models.embeddings import apply_rotary_emb
+from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
+
+from .cudnn_attention import cudnn_fp8_attention_static_qk
+from .qk_quantize import norm_rope_quantize, quantize_bounded
+
+
+def swappable(module: torch.nn.Module) -> bool:
+    """Whether `module` is diffusers' FLUX attention with its own processor (another may scale q and k after
+    their norms) and RMSNorms with weights: what `FluxAttnProcessorFP8` can stand in for."""
+    return type(getattr(module, "processor", None)) is FluxAttnProcessor and qk_norms(module) is not None
+
+
+def qk_norms(attn: torch.nn.Module) -> list[list[torch.nn.RMSNorm]] | None:
+    """The RMSNorms q and k leave in FLUX's attention ([[norm_q, norm_added_q], [norm_k, norm_added_k]], the text
+    stream's where there is one), or None where they are not all RMSNorms with weights."""
+    names = ("norm_q", "norm_added_q"), ("norm_k", "norm_added_k")
+    norms = [[getattr(attn, n) for n in pair if getattr(attn, n, None) is not None] for pair in names]
+    if not all(isinstance(norm, torch.nn.RMSNorm) and norm.weight is not None for pair in norms for norm in pair):
+        return None
+    return norms
+
+
+def qk_bounds(norms: list[list[torch.nn.RMSNorm]]) -> torch.Tensor:
+    """Bounds of |q| and |k| at the SDPA call, [2] fp32, from `qk_norms`' weights.
+
+    An RMSNorm's output n over D channels has sum(n^2) <= D, so each channel pair that RoPE rotates keeps
+    a norm of at most sqrt(D) * max|weight|, and so does each value. FP8 keeps its relative precision far
+    below its largest value, so a bound serves as well as the amax, and costs no pass over q and k.
+    """
+    head_dim = norms[0][0].normalized_shape[-1]
+    weights = torch.stack([norm.weight.detach() for pair in norms for norm in pair])  # one reduction kernel for all
+    largest = weights.abs().amax(dim=-1).float().view(2, -1).amax(dim=-1)
+    return largest * (math.sqrt(head_dim) * 1.02)  # 2% for bf16's roundings of norm, weight and RoPE
+
+
+class FluxAttnProcessorFP8:
+    """`FluxAttnProcessor` with q and k cast to FP8 by their bounds' scales after RoPE, and attention in FP8."""
+
+    def __init__(self, fused: bool):
+        self.fused = fused
+
+    def __call__(
+        self, attn: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None, image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if attention_mask is not None or image_rotary_emb is None:  # not FLUX's call: diffusers' own path
+            return FluxAttnProcessor()(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
+        query, key, value, text_query, text_key, text_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
+        query, key, value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (query, key, value))
+        norms = qk_norms(attn)
+        bounds = qk_bounds(norms)
+        if attn.added_kv_proj_dim is not None:
+            text_query, text_key, text_value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (text_query, text_key, text_value))
+            value = torch.cat([text_value, value], dim=1)
+        else:
+            text_query = text_key = None
+        q8, k8 = (
+            self._cast(image, text, pair, bound, image_rotary_emb)
+            for image, text, pair, bound in zip((query, key), (text_query, text_key), norms, bounds)
+        )
+        hidden_states = cudnn_fp8_attention_static_qk(
+            q8.transpose(1, 2), k8.transpose(1, 2), value.transpose(1, 2), bounds, 1 / math.sqrt(attn.head_dim)
+        )
+        hidden_states = hidden_states.transpose(1, 2).flatten(2, 3).to(query.dtype)
+        if encoder_hidden_states is None:
+            return hidden_states
+        encoder_hidden_states, hidden_states = hidden_states.split_with_sizes(
+            [encoder_hidden_states.shape[1], hidden_states.shape[1] - encoder_hidden_states.shape[1]], dim=1
+        )
+        hidden_states = attn.to_out[0](hidden_states.contiguous())
+        hidden_states = attn.to_out[1](hidden_states)
+        return hidden_states, attn.to_add_out(encoder_hidden_states.contiguous())
+
+    def _cast(self, image: torch.Tensor, text: torch.Tensor | None, norms: list[torch.nn.RMSNorm], bound: torch.Tensor,
+              rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """One of q, k: RMSNorm per stream (text first), RoPE, FP8 cast; [B, S, H, D] in and out."""
+        eps = {norm.eps if norm.eps is not None else torch.finfo(image.dtype).eps for norm in norms}
+        if self.fused and len(eps) == 1:  # the op takes one epsilon for both streams
+            return norm_rope_quantize(image, text, norms[0].weight, norms[1].weight if text is not None else None,
+                                      *rotary, bound, eps.pop())
+        x = norms[0](image)
+        if text is not None:
+            x = torch.cat([norms[1](text), x], dim=1)
+        return quantize_bounded(apply_rotary_emb(x, rotary, sequence_dim=1), bound)
