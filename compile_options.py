@@ -8,11 +8,20 @@ tuning: on the H200 that made the FP8 compile 249 s instead of 29 s for no faste
 - `aot_inductor.compile_wrapper_opt_level` "O0": the host wrapper that launches the kernels built at -O0,
   not -O1: the FP8 compile took 6-15% less on the H200 for the same step time, for a package of 5 MB
   instead of 2.4 (bench/NOTES.md, session 9).
+
+`persistent_rows` widens inductor's persistent reductions (one program holds a whole row) from rows of 1024
+elements to `OptimizationConfig.persistent_reductions_up_to`: inductor's choices handler is its documented
+place for such heuristics. Above its limit inductor loops over each row two or three times.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
+
+from torch._inductor.choices import InductorChoices
+from torch._inductor.runtime.hints import ReductionHint
+from torch._inductor.virtualized import V
 
 from config import OptimizationConfig
 
@@ -25,3 +34,20 @@ def compiler_options(config: OptimizationConfig, fp8: bool) -> dict[str, Any]:
     if fp8 and config.fp8_granularity == "tensor":
         return {**config.inductor_configs, "split_reductions": True}
     return dict(config.inductor_configs)
+
+
+class _PersistentRows(InductorChoices):
+    def __init__(self, up_to: int):
+        super().__init__()
+        self.up_to = up_to
+
+    def should_use_persistent_reduction(self, features, cooperative_reduction: bool) -> bool:
+        if (not cooperative_reduction and features.get_reduction_hint() == ReductionHint.INNER
+                and V.graph.sizevars.statically_known_leq(features.reduction_numel, self.up_to)):
+            return True
+        return super().should_use_persistent_reduction(features, cooperative_reduction)
+
+
+def persistent_rows(config: OptimizationConfig) -> AbstractContextManager[None]:
+    """Within: inductor reduces rows of up to `config.persistent_reductions_up_to` elements in one pass."""
+    return V.set_choices_handler(_PersistentRows(config.persistent_reductions_up_to))

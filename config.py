@@ -79,8 +79,6 @@ class OptimizationConfig:
     # graph (7 ms less per 1024x1024 step, same error); "cudnn": per-tensor amax scales of q, k and v in the op
     # (2 ms slower); "triton": fp8_kernels/ (slower); "off".
     fp8_attention: str = field(default="cudnn_static_qk", metadata=env("AOTI_FP8_ATTENTION"))
-    # "cudnn_static_qk" only: q and k's RMSNorm, RoPE and FP8 cast as one Triton kernel (fp8_kernels/qk_quantize.py).
-    fp8_fused_qk_quantization: bool = field(default=False, metadata=env("AOTI_FP8_FUSED_QK_QUANT"))
     # The VAE decoder compiled too (vae.py), for the default size and static_sizes: 85 -> 38 ms at 1024x1024 (H200).
     vae_decoder: bool = field(default=True, metadata=env("AOTI_VAE"))
     # Extra static graphs for these sizes ("1024x1024,1344x768"), sharing the weights with the dynamic graph;
@@ -89,6 +87,9 @@ class OptimizationConfig:
     cache: bool = field(default=True, metadata=env("AOTI_CACHE"))  # reuse compiled programs across starts
     cache_dir: str = field(default="", metadata=env("AOTI_CACHE_DIR"))  # "": /data/aoti-cache on Spaces, else ~/.cache
     hub_repo: str = field(default="", metadata=env("AOTI_HUB_REPO"))  # also pull/push programs here (needs HF_TOKEN)
+    # Row reductions (LayerNorm, per-row FP8 scales over 3072 channels) of up to this many elements as one pass with the
+    # row held in registers; inductor's own limit is 1024, above which it loops over the row (compile_options.py).
+    persistent_reductions_up_to: int = field(default=1024, metadata=env("AOTI_PERSISTENT_REDUCTIONS_UP_TO"))
     # torch._inductor.config options for every compile; why each one: compile_options.py.
     inductor_configs: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({

@@ -36,7 +36,7 @@ from diffusers import FluxPipeline
 import aoti
 from attention import DEFAULT as SDPA
 from attention import set_attention_backend
-from compile_options import compiler_options
+from compile_options import compiler_options, persistent_rows
 from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, OptimizationConfig
 from fp8 import fp8_unavailable, is_fp8, quantize_fp8_
 from fp8_kernels import fuse_feed_forward_quantization_, fuse_single_block_quantization_, sdpa_as_fp8
@@ -169,8 +169,6 @@ def compiled_options(config: OptimizationConfig, fp8: bool, attention: str) -> d
         "fp8_fused_ff_quantization": fp8 and config.fp8_granularity == "row" and config.fp8_fused_ff_quantization,
         "fp8_text_stream": config.fp8_text_stream if fp8 else None,
         "fp8_attention": fp8_attention_kernel(config, fp8, attention),
-        "fp8_fused_qk_quantization": (fp8_attention_kernel(config, fp8, attention) == "cudnn_static_qk"
-                                      and config.fp8_fused_qk_quantization),
         "attention_backend": attention,
         "dynamic": asdict(IMAGE_SEQ) if config.dynamic else None,  # range and step of the image tokens
         "static_sizes": config.static_resolutions,
@@ -243,15 +241,14 @@ def compile_transformer(
     # FP8 attention is recorded into the programs: export sees diffusers' SDPA calls run in FP8.
     fp8_attention = fp8_attention_kernel(config, fp8, SDPA)
     modules = [kind_modules[0] for kind_modules in targets.values()]
-    swap = sdpa_as_fp8(fp8_attention, modules, config.fp8_fused_qk_quantization) if fp8_attention != "off" else nullcontext()
-    with stage("export", times), swap:
+    with stage("export", times), sdpa_as_fp8(fp8_attention, modules) if fp8_attention != "off" else nullcontext():
         exported = {
             kind: [aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional)
                    for call, dims in zip(kind_calls, dynamic)]
             for kind, kind_calls in module_calls.items()
         }
     options = compiler_options(config, fp8)
-    with stage("compile", times):
+    with stage("compile", times), persistent_rows(config):
         return {kind: [aoti.compile(program, options) for program in programs] for kind, programs in exported.items()}
 
 

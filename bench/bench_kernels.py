@@ -9,9 +9,6 @@ kernels where that package is installed. Error is ||out - ref|| / ||ref|| agains
 SDPA on the same inputs (q and k RMS-normalized per head, as FLUX's are).
 Quantization: the single blocks' GELU + concat + per-row FP8 in one pass against torchao's path in
 eager and under torch.compile; the bytes must match.
-q/k: RMSNorm + RoPE + FP8 cast of q (or k) in one Triton pass against diffusers' ops compiled with the
-project's inductor options (the kernel the programs have without it), as CUDA graph replays; a single
-block's q, and a double block's text and image streams.
 """
 
 from __future__ import annotations
@@ -26,9 +23,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.bench_transformer import environment, median_ms, rel_error
-from config import OptimizationConfig
 from fp8_kernels import attention as fp8_attention
-from fp8_kernels import cudnn_attention, qk_quantize, quantize
+from fp8_kernels import cudnn_attention, flux_attention, quantize
 
 HEADS, HEAD_DIM, TEXT_TOKENS, DIM, MLP = 24, 128, 512, 3072, 12288
 
@@ -79,7 +75,7 @@ def attention_rows(tokens: int, args) -> list[dict]:
         variants["cuDNN fp8 op (bf16 below MIN_TOKENS)"] = lambda: cudnn_attention.cudnn_fp8_attention(q, k, v, scale)
         # q and k as the compiled graph casts them with AOTI_FP8_ATTENTION=cudnn_static_qk (RMSNorm weights of 1).
         bounds = torch.full((2,), HEAD_DIM ** 0.5 * 1.02, device="cuda")
-        q8b, k8b = (qk_quantize.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
+        q8b, k8b = (flux_attention.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
         variants["cuDNN fp8 static-qk op (q, k cast upstream)"] = (
             lambda: cudnn_attention.cudnn_fp8_attention_static_qk(q8b, k8b, v, bounds, scale))
     else:
@@ -139,43 +135,10 @@ def quantize_rows(tokens: int, args) -> list[dict]:
     return rows
 
 
-def qk_rows(tokens: int, args) -> list[dict]:
-    from diffusers.models.transformers.transformer_flux import FluxPosEmbed
-
-    g = torch.Generator("cuda").manual_seed(tokens)
-    cos, sin = FluxPosEmbed(theta=10000, axes_dim=[16, 56, 56])(torch.randint(0, 64, (tokens, 3), device="cuda").float())
-    weight = (2 * torch.rand(HEAD_DIM, device="cuda", generator=g)).bfloat16()
-    bound = weight.float().abs().amax() * HEAD_DIM ** 0.5 * 1.02
-    compiled = torch.compile(qk_quantize.reference, fullgraph=True, dynamic=False,
-                             options=dict(OptimizationConfig().inductor_configs))
-    rows = []
-    for block, text_tokens in ("single", 0), ("double", TEXT_TOKENS):
-        image = torch.randn(1, tokens - text_tokens, HEADS, HEAD_DIM, device="cuda", generator=g).bfloat16()
-        text = torch.randn(1, text_tokens, HEADS, HEAD_DIM, device="cuda", generator=g).bfloat16() if text_tokens else None
-        call = (image, text, weight, weight if text_tokens else None, cos, sin, bound, 1e-6)
-        expected = qk_quantize.reference(*call)
-        variants = {"diffusers' ops, inductor": lambda: compiled(*call),
-                    "one-pass Triton op": lambda: qk_quantize.norm_rope_quantize(*call)}
-        base = None
-        for name, fn in variants.items():
-            fn()
-            fn, out = graphed(fn)
-            ms = median_ms(fn, args.warmup, args.iters)
-            base = base or ms
-            rows.append(dict(kernel=f"qk_quantize {block}", variant=name, tokens=tokens, ms=ms, speedup=base / ms,
-                             gb_per_s=tokens * HEADS * HEAD_DIM * 3 / ms / 1e6,
-                             bytes_equal=(out.view(torch.uint8) == expected.view(torch.uint8)).float().mean().item()))
-            print(json.dumps(rows[-1]), flush=True)
-    best = getattr(qk_quantize._norm_rope_quantize_kernel, "best_config", None)
-    rows.append(dict(kernel="qk_quantize", variant="autotuned config", tokens=tokens, config=str(best)))
-    return rows
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["1024x1024", "512x512"])
-    parser.add_argument("--kernels", nargs="+", choices=["quantize", "attention", "qk"],
-                        default=["quantize", "attention"])
+    parser.add_argument("--kernels", nargs="+", choices=["quantize", "attention"], default=["quantize", "attention"])
     parser.add_argument("--cudagraph", action="store_true", help="time attention as CUDA graph replays (no launch cost)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=50)
@@ -185,7 +148,7 @@ def main() -> None:
     for size in args.sizes:
         width, height = map(int, size.split("x"))
         tokens = width * height // 256 + TEXT_TOKENS
-        for rows in (dict(quantize=quantize_rows, attention=attention_rows, qk=qk_rows)[kernel] for kernel in args.kernels):
+        for rows in (dict(quantize=quantize_rows, attention=attention_rows)[kernel] for kernel in args.kernels):
             try:
                 results["rows"] += [dict(size=size, **row) for row in rows(tokens, args)]
             except Exception as error:  # one failing kernel must not lose the others' numbers

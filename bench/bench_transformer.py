@@ -56,9 +56,9 @@ class Rung:
     fused_quant: bool = False  # the single blocks' one-pass GELU + concat + FP8 quantization
     fused_ff_quant: bool = False  # the double blocks' one-pass feed-forward GELU + FP8 quantization
     fp8_attention: str = "off"  # attention in FP8 (fp8_kernels/): one of config.FP8_ATTENTION
-    fused_qk_quant: bool = False  # with "cudnn_static_qk": q and k's RMSNorm + RoPE + FP8 cast in one Triton kernel
     fp8_text_stream: bool = True  # off: the double blocks' text-stream linears stay bf16
     inductor: tuple[tuple[str, Any], ...] = ()  # options over the run's, to compare one in the same process
+    persistent_up_to: int = 1024  # config.persistent_reductions_up_to
 
 
 RUNGS = {
@@ -84,8 +84,8 @@ RUNGS = {
     "aot_fp8_row_fusedq_ff_cudnnattn": Rung("aot", fp8="row", fused_quant=True, fused_ff_quant=True, fp8_attention="cudnn"),
     "aot_fp8_row_fusedq_ff_cudnnstaticqk": Rung(
         "aot", fp8="row", fused_quant=True, fused_ff_quant=True, fp8_attention="cudnn_static_qk"),
-    "aot_fp8_row_fusedq_ff_qk_cudnnstaticqk": Rung(
-        "aot", fp8="row", fused_quant=True, fused_ff_quant=True, fp8_attention="cudnn_static_qk", fused_qk_quant=True),
+    "aot_fp8_row_fusedq_ff_cudnnstaticqk_rows4096": Rung(
+        "aot", fp8="row", fused_quant=True, fused_ff_quant=True, fp8_attention="cudnn_static_qk", persistent_up_to=4096),
     # Persistent reductions (each row read once) for the row-wise FP8 scales: inductor's multi-kernel picks per
     # kernel by timing both at compile time; "persistent" forces them.
     "aot_fp8_row_fusedq_cudnnstaticqk_multikernel": Rung(
@@ -360,14 +360,14 @@ def run_rung(
     config = OptimizationConfig(
         fp8_granularity=rung.fp8 or "row", regional=rung.regional, fuse_qkv=rung.fuse_qkv, cache=False,
         fp8_fused_quantization=rung.fused_quant, fp8_fused_ff_quantization=rung.fused_ff_quant,
-        fp8_attention=rung.fp8_attention, fp8_fused_qk_quantization=rung.fused_qk_quant,
-        fp8_text_stream=rung.fp8_text_stream, attention_backend=rung.attention,
+        fp8_attention=rung.fp8_attention, fp8_text_stream=rung.fp8_text_stream, attention_backend=rung.attention,
         inductor_configs={**inductor, **dict(rung.inductor)}, static_sizes=static_sizes,
+        persistent_reductions_up_to=rung.persistent_up_to,
     )
     attention = set_attention_backend(model, config.attention_backend)
     extra = dict(attention=attention, fp8=rung.fp8, regional=rung.regional, static_sizes=static_sizes,
                  fused_quant=rung.fused_quant, fused_ff_quant=rung.fused_ff_quant, fp8_attention=rung.fp8_attention,
-                 fused_qk_quant=rung.fused_qk_quant, fp8_text_stream=rung.fp8_text_stream)
+                 fp8_text_stream=rung.fp8_text_stream, persistent_up_to=rung.persistent_up_to)
     if rung.kind == "eager":
         measure(name, model, extra)
         return

@@ -6,6 +6,7 @@ same math in torch ops, so export, compile and tests run on machines without a G
   double blocks' feed-forward GELU + quantization;
 - `cudnn_attention`: attention through cuDNN's FP8 flash attention, per-tensor scales (static ones for q
   and k by default);
+- `flux_attention`: diffusers' FLUX attention processor with q and k cast to FP8 under static scales;
 - `attention`: the export-time swap of SDPA for either FP8 attention, and a Triton one (per-head scales);
 - `blocks`: how FLUX's blocks use them.
 """

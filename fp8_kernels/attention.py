@@ -3,7 +3,7 @@
 Hopper's FP8 tensor cores do twice the bf16 rate, and attention is a quarter of a FLUX step.
 `sdpa_as_fp8` records every SDPA call of the transformer as an FP8 op: cuDNN's FP8 flash attention
 (`cudnn_attention.py`), either with q and k cast by the compiled graph with static scales from their
-RMSNorms' weights (`qk_bounds`, the default) or with per-tensor scales of q, k and v found in the op,
+RMSNorms' weights (`flux_attention.py`, the default) or with per-tensor scales of q, k and v found in the op,
 or this file's Triton kernel, after the fused-attention tutorial of Triton (triton-lang/triton,
 `python/tutorials/06-fused-attention.py`, MIT). PyTorch's and
 torchao's own FP8 routes need a FlashAttention-3 build (`flash_attn_interface`), which PyPI does not
@@ -174,13 +174,13 @@ def scaled_dot_product_attention_fp8(
 
 
 @contextmanager
-def sdpa_as_fp8(kernel: str, modules: Iterable[torch.nn.Module] = (), fused_qk: bool = False) -> Iterator[None]:
+def sdpa_as_fp8(kernel: str, modules: Iterable[torch.nn.Module] = ()) -> Iterator[None]:
     """Within: every `F.scaled_dot_product_attention` call (diffusers' "native" backend) runs in FP8
     through `kernel` (one of KERNELS).
 
     Meant around torch.export, which records the FP8 op into the program; the same swap torchao's
     low-precision attention makes. For "cudnn_static_qk", diffusers' FLUX attention modules among `modules`
-    and their submodules run `FluxAttnProcessorFP8(fused_qk)` meanwhile (their other SDPA calls: "cudnn").
+    and their submodules run `FluxAttnProcessorFP8` meanwhile (their other SDPA calls: "cudnn").
     """
     if kernel not in KERNELS:
         raise ValueError(f"FP8 attention kernel must be one of {KERNELS}, got {kernel!r}")
@@ -189,7 +189,7 @@ def sdpa_as_fp8(kernel: str, modules: Iterable[torch.nn.Module] = (), fused_qk: 
     F.scaled_dot_product_attention = partial(scaled_dot_product_attention_fp8, kernel=kernel)
     try:
         for module in flux:
-            module.processor = FluxAttnProcessorFP8(fused_qk)
+            module.processor = FluxAttnProcessorFP8()
         yield
     finally:
         F.scaled_dot_product_attention = _sdpa

@@ -7,7 +7,7 @@ softmax probabilities (always within [0, 1]) and one for the output, which on Ho
 most max|v|, so v's scale serves it).
 
 `cudnn_fp8_attention_static_qk` (the default) takes q and k already in FP8, cast by the compiled graph
-with static scales (`attention.qk_bounds`), and quantizes only v: 0.319 against 0.354 ms at 1024x1024.
+with static scales (`flux_attention.qk_bounds`), and quantizes only v: 0.319 against 0.354 ms at 1024x1024.
 `cudnn_fp8_attention` is the whole computation in one custom op (amax and quantization of q, k, v by
 two Triton passes, cuDNN's kernel, the output back in bf16), which AOTInductor calls from the program.
 Finding the amax of q, k and v in the compiled graph instead, with only the kernel in an op, was slower on

@@ -3,9 +3,9 @@
 FLUX's q and k leave an RMSNorm per head, so their magnitude is bounded by the norms' weights (`qk_bounds`):
 they are cast to FP8 with that bound's scale right after RoPE, and the attention op quantizes only v
 (`cudnn_attention.cudnn_fp8_attention_static_qk`). `FluxAttnProcessorFP8` is diffusers' `FluxAttnProcessor`
-with that swapped in; it stands in for it while a program is exported (`attention.sdpa_as_fp8`). With
-`fused`, RMSNorm, RoPE and the cast run as one Triton op (`qk_quantize.norm_rope_quantize`); without, as
-diffusers' ops that the compiled graph fuses.
+with that swapped in; it stands in for it while a program is exported (`attention.sdpa_as_fp8`). The compiled
+graph casts q and k in the kernel that normalizes and rotates them (three hand-written Triton kernels for
+that step were slower than inductor's: bench/NOTES.md, sessions 15-16).
 """
 
 from __future__ import annotations
@@ -16,8 +16,7 @@ import torch
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
-from .cudnn_attention import cudnn_fp8_attention_static_qk
-from .qk_quantize import norm_rope_quantize, quantize_bounded
+from .cudnn_attention import FP8, FP8_MAX, cudnn_fp8_attention_static_qk, scale_of
 
 
 def swappable(module: torch.nn.Module) -> bool:
@@ -36,6 +35,12 @@ def qk_norms(attn: torch.nn.Module) -> list[list[torch.nn.RMSNorm]] | None:
     return norms
 
 
+def quantize_bounded(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
+    """x as FP8 with the scale bound / FP8_MAX (the attention op's): no reduction, so the compiled graph casts x in
+    the kernel that computes it and writes half the bytes."""
+    return (x.float() / scale_of(bound)).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+
+
 def qk_bounds(norms: list[list[torch.nn.RMSNorm]]) -> torch.Tensor:
     """Bounds of |q| and |k| at the SDPA call, [2] fp32, from `qk_norms`' weights.
 
@@ -51,9 +56,6 @@ def qk_bounds(norms: list[list[torch.nn.RMSNorm]]) -> torch.Tensor:
 
 class FluxAttnProcessorFP8:
     """`FluxAttnProcessor` with q and k cast to FP8 by their bounds' scales after RoPE, and attention in FP8."""
-
-    def __init__(self, fused: bool):
-        self.fused = fused
 
     def __call__(
         self, attn: torch.nn.Module, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
@@ -87,13 +89,10 @@ class FluxAttnProcessorFP8:
         hidden_states = attn.to_out[1](hidden_states)
         return hidden_states, attn.to_add_out(encoder_hidden_states.contiguous())
 
-    def _cast(self, image: torch.Tensor, text: torch.Tensor | None, norms: list[torch.nn.RMSNorm], bound: torch.Tensor,
+    @staticmethod
+    def _cast(image: torch.Tensor, text: torch.Tensor | None, norms: list[torch.nn.RMSNorm], bound: torch.Tensor,
               rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         """One of q, k: RMSNorm per stream (text first), RoPE, FP8 cast; [B, S, H, D] in and out."""
-        eps = {norm.eps if norm.eps is not None else torch.finfo(image.dtype).eps for norm in norms}
-        if self.fused and len(eps) == 1:  # the op takes one epsilon for both streams
-            return norm_rope_quantize(image, text, norms[0].weight, norms[1].weight if text is not None else None,
-                                      *rotary, bound, eps.pop())
         x = norms[0](image)
         if text is not None:
             x = torch.cat([norms[1](text), x], dim=1)

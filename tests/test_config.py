@@ -1,7 +1,8 @@
 import pytest
+import torch
 
 import config
-from compile_options import compiler_options
+from compile_options import compiler_options, persistent_rows
 
 
 def test_presets_follow_the_machine():
@@ -43,3 +44,22 @@ def test_per_tensor_fp8_compiles_with_split_reductions():
     assert compiler_options(per_tensor, fp8=False)["split_reductions"] is False  # bf16, e.g. a GPU without FP8
     assert compiler_options(per_tensor, fp8=True)["conv_1x1_as_mm"]  # the other options as configured
     assert per_tensor.inductor_configs["split_reductions"] is False  # the configuration itself is left as it is
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor's persistent reductions are Triton kernels")
+def test_persistent_rows_reduce_wider_rows_in_one_pass():
+    """A LayerNorm over 3072 channels: one persistent kernel within `persistent_rows`, inductor's looped one without."""
+    from torch._inductor.utils import run_and_get_code
+
+    x = torch.randn(4096, 3072, device="cuda", dtype=torch.bfloat16)
+
+    def layer_norm(x):
+        return torch.nn.functional.layer_norm(x, x.shape[-1:]) * 2
+
+    expected = layer_norm(x)
+    for up_to, kind in (1024, "triton_red_"), (4096, "triton_per_"):
+        torch._dynamo.reset()
+        with persistent_rows(config.OptimizationConfig(persistent_reductions_up_to=up_to)):
+            out, code = run_and_get_code(torch.compile(layer_norm), x)
+        assert kind in "".join(code)
+        torch.testing.assert_close(out, expected)

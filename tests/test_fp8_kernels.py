@@ -7,8 +7,6 @@ test_fp8.py does. The `cuda` tests compare the Triton kernels with the torch pat
 machine (bench/results/kernels-h200/ has their run).
 """
 
-import dataclasses
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -25,7 +23,6 @@ from fp8_kernels import (
     cudnn_attention,
     fuse_feed_forward_quantization_,
     fuse_single_block_quantization_,
-    qk_quantize,
     quantize,
     sdpa_as_fp8,
 )
@@ -163,8 +160,9 @@ def test_qk_bounds_hold_at_the_cast(text_tokens, monkeypatch):
 
     def record(x, bound):
         seen.append((x.float().abs().amax(), bound))
-        return qk_quantize.quantize_bounded(x, bound)
+        return original(x, bound)
 
+    original = fp8_flux.quantize_bounded
     monkeypatch.setattr(fp8_flux, "quantize_bounded", record)
     with sdpa_as_fp8("cudnn_static_qk", [attn]), torch.no_grad():
         attn(**attention_inputs(text_tokens))
@@ -176,8 +174,7 @@ def test_qk_bounds_hold_at_the_cast(text_tokens, monkeypatch):
 @pytest.mark.parametrize("text_tokens", [0, 16])
 def test_static_qk_attention_is_as_exact_as_per_tensor_scales(text_tokens):
     """diffusers' FLUX attention with q and k cast by their bounds' scales, against the same module in fp32:
-    no further from it than with per-tensor amax scales. The one-kernel cast gives the same bytes (on CPU both
-    run torch ops: this checks what the processor hands the op)."""
+    no further from it than with per-tensor amax scales."""
     attn = flux_attention_module(text_tokens)
     inputs = attention_inputs(text_tokens)
     with torch.no_grad():
@@ -185,22 +182,18 @@ def test_static_qk_attention_is_as_exact_as_per_tensor_scales(text_tokens):
         attn.bfloat16()
         with sdpa_as_fp8("cudnn_static_qk", [attn]):
             static = attn(**inputs)
-        with sdpa_as_fp8("cudnn_static_qk", [attn], fused_qk=True):
-            assert attn.processor.fused
-            fused = attn(**inputs)
         with sdpa_as_fp8("cudnn", [attn]):
             per_tensor = attn(**inputs)
     assert type(attn.processor) is FluxAttnProcessor  # the swap's processor is gone
-    static, fused, per_tensor, expected = (x if isinstance(x, tuple) else (x,) for x in (static, fused, per_tensor, expected))
-    for out, one_kernel, other, ref in zip(static, fused, per_tensor, expected):
-        assert torch.equal(out, one_kernel)
+    static, per_tensor, expected = (x if isinstance(x, tuple) else (x,) for x in (static, per_tensor, expected))
+    for out, other, ref in zip(static, per_tensor, expected):
         assert rel_error(out.float(), ref) < 1.1 * rel_error(other.float(), ref) + 1e-3
 
 
 def test_qk_bounds_only_for_flux_attention_with_rms_norms():
     attn = flux_attention_module()
     assert fp8_flux.qk_norms(attn) == [[attn.norm_q], [attn.norm_k]] and fp8_flux.swappable(attn)
-    attn.set_processor(fp8_flux.FluxAttnProcessorFP8(fused=False))
+    attn.set_processor(fp8_flux.FluxAttnProcessorFP8())
     assert not fp8_flux.swappable(attn)  # another processor may scale q and k after their norms
     attn.set_processor(FluxAttnProcessor())
     attn.norm_q = torch.nn.LayerNorm(128)
@@ -212,7 +205,7 @@ def test_static_qk_op_is_close_to_fp32_sdpa():
     """q and k cast with their bounds' scales (up to 11x their amax here) lose nothing over per-tensor amax scales."""
     q, k, v = normed_qkv(300)
     bounds = torch.tensor([128 ** 0.5 * 1.02] * 2)
-    q8, k8 = (qk_quantize.quantize_bounded(x.bfloat16(), b) for x, b in zip((q, k), bounds))
+    q8, k8 = (fp8_flux.quantize_bounded(x.bfloat16(), b) for x, b in zip((q, k), bounds))
     expected = F.scaled_dot_product_attention(q, k, v)
     out = cudnn_attention.cudnn_fp8_attention_static_qk(q8, k8, v.bfloat16(), bounds, 128 ** -0.5)
     per_tensor = cudnn_attention.reference(q.bfloat16(), k.bfloat16(), v.bfloat16(), 128 ** -0.5)
@@ -260,13 +253,10 @@ def test_export_records_the_fp8_ops(fp8_on_cpu, monkeypatch):
     fuse_single_block_quantization_(holder)
     monkeypatch.setattr(cudnn_attention, "MIN_TOKENS", 0)  # the block's 80 tokens in FP8
     ops = {"triton": {"flux_fast.fp8_attention.default"}, "cudnn": {"flux_fast.cudnn_fp8_attention.default"},
-           "cudnn_static_qk": {"flux_fast.cudnn_fp8_attention_static_qk.default"},
-           "cudnn_static_qk+fused_qk": {"flux_fast.cudnn_fp8_attention_static_qk.default",
-                                        "flux_fast.norm_rope_quantize.default"}}
+           "cudnn_static_qk": {"flux_fast.cudnn_fp8_attention_static_qk.default"}}
     freqs = torch.randn(80, 64).repeat_interleave(2, dim=1)  # 16 text + 64 image tokens
-    for name, kernel_ops in ops.items():
-        kernel, _, fused_qk = name.partition("+")
-        with aoti.weights.unwrapped_subclasses(block), sdpa_as_fp8(kernel, [block], bool(fused_qk)):
+    for kernel, kernel_ops in ops.items():
+        with aoti.weights.unwrapped_subclasses(block), sdpa_as_fp8(kernel, [block]):
             program = torch.export.export(block, tuple(block_inputs()), {"image_rotary_emb": (freqs.cos(), freqs.sin())},
                                           strict=False)
         targets = {str(node.target) for node in program.graph.nodes}
@@ -297,27 +287,24 @@ def transformer_call(h, w, seed=0):
     )
 
 
-@pytest.mark.parametrize("kernel", [*attention.KERNELS, "cudnn_static_qk+fused_qk"])
+@pytest.mark.parametrize("kernel", attention.KERNELS)
 def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_cpu, kernel, monkeypatch):
     """Against fp32: FP8 noise is large on a tiny random model (5%), so the compiled program is held to
     eager FP8's own error rather than compared with it value by value. The threshold between the sizes
     (272 and 400 tokens) puts one on each side of the op's switch to bf16 SDPA."""
     monkeypatch.setattr(cudnn_attention, "MIN_TOKENS", 300)
-    kernel, _, fused_qk = kernel.partition("+")
     config = OptimizationConfig(cache=False, attention_backend="native", fp8_fused_quantization=True,
-                                fp8_fused_ff_quantization=True, fp8_attention=kernel, fp8_fused_qk_quantization=bool(fused_qk))
+                                fp8_fused_ff_quantization=True, fp8_attention=kernel)
     reference = tiny_transformer().float()
     eager = tiny_transformer()
     quantize_fp8_(eager, "row")
     model = tiny_transformer()
-    static_qk_calls, fused_qk_calls = [], []  # recorded while export traces the blocks: one per block kind
-    for name, calls in ("cudnn_fp8_attention_static_qk", static_qk_calls), ("norm_rope_quantize", fused_qk_calls):
-        original = getattr(fp8_flux, name)
-        monkeypatch.setattr(fp8_flux, name, lambda *a, calls=calls, original=original: calls.append(1) or original(*a))
+    static_qk_calls = []  # recorded while export traces the blocks: one per block kind
+    original = fp8_flux.cudnn_fp8_attention_static_qk
+    monkeypatch.setattr(fp8_flux, "cudnn_fp8_attention_static_qk", lambda *a: static_qk_calls.append(1) or original(*a))
     programs = optimization.compile_transformer(model, [aoti.CapturedCall((), transformer_call(16, 16))], config, True)
     optimization.apply_programs_(model, programs, config, True)
     assert len(static_qk_calls) == (2 if kernel == "cudnn_static_qk" else 0)
-    assert len(fused_qk_calls) == (4 if fused_qk else 0)  # q and k
     assert "forward" in vars(model.transformer_blocks[0].ff) and "forward" in vars(model.single_transformer_blocks[0])
     for h, w in [(16, 16), (16, 24)]:  # the captured size and another one of the dynamic range
         call = transformer_call(h, w, seed=h * w)
@@ -348,19 +335,17 @@ def test_fp8_options_are_part_of_the_cache_key():
     # Where they cannot apply they are recorded as off: the same programs are compiled.
     assert options(with_attention, fp8=False) == options(without, fp8=False)
     assert options(with_attention, attention="_flash_3_hub") == options(without, attention="_flash_3_hub")
-    fused_qk = OptimizationConfig(fp8_fused_qk_quantization=not base.fp8_fused_qk_quantization)
-    assert options(fused_qk) != options(base)
-    assert options(dataclasses.replace(fused_qk, fp8_attention="cudnn")) == options(OptimizationConfig(fp8_attention="cudnn"))
     bf16_text = OptimizationConfig(fp8_text_stream=False)
     assert options(bf16_text) != options(base) and options(bf16_text, fp8=False) == options(base, fp8=False)
 
 
 @cuda
 @pytest.mark.parametrize("tokens", [1536, 4544])
-def test_quantize_kernel_matches_torchao(tokens):
+@pytest.mark.parametrize("magnitude", [1.0, 0.02])  # 0.02: every |GELU| below its largest for negative inputs
+def test_quantize_kernel_matches_torchao(tokens, magnitude):
     g = torch.Generator("cuda").manual_seed(0)
-    attn = torch.randn(1, tokens, 3072, generator=g, device="cuda").bfloat16()
-    mlp = (2 * torch.randn(1, tokens, 12288, generator=g, device="cuda")).bfloat16()
+    attn = (magnitude * torch.randn(1, tokens, 3072, generator=g, device="cuda")).bfloat16()
+    mlp = (2 * magnitude * torch.randn(1, tokens, 12288, generator=g, device="cuda")).bfloat16()
     data, scale = quantize.gelu_cat_quantize(attn, mlp)
     ref_data, ref_scale = quantize.reference(attn, mlp)
     assert torch.equal(scale, ref_scale)
@@ -413,7 +398,7 @@ def test_cudnn_op_matches_its_torch_path(tokens):
 def test_cudnn_static_qk_op_matches_its_torch_path(tokens):
     q, k, v = (x.bfloat16() for x in normed_qkv(tokens, device="cuda", heads=24))
     bounds = torch.full((2,), 128 ** 0.5 * 1.02, device="cuda")
-    q8, k8 = (qk_quantize.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
+    q8, k8 = (fp8_flux.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
     out = cudnn_attention.cudnn_fp8_attention_static_qk(q8, k8, v, bounds, 128 ** -0.5)
     assert out.transpose(1, 2).is_contiguous()
     expected = cudnn_attention.reference_static_qk(q8, k8, v, bounds, 128 ** -0.5)
@@ -425,7 +410,7 @@ def test_cudnn_static_qk_op_on_a_gpu_without_the_kernel_runs_bf16_sdpa(monkeypat
     """A program compiled with static q/k scales still serves on a GPU that cannot run cuDNN's FP8 kernel."""
     q, k, v = (x.bfloat16() for x in normed_qkv(4608, device="cuda", heads=24))
     bounds = torch.full((2,), 128 ** 0.5 * 1.02, device="cuda")
-    q8, k8 = (qk_quantize.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
+    q8, k8 = (fp8_flux.quantize_bounded(x, b) for x, b in zip((q, k), bounds))
     monkeypatch.setattr(cudnn_attention, "unavailable", lambda device: "no FP8 here")
     cudnn_attention._warn_once.cache_clear()
     with caplog.at_level("WARNING"):
@@ -433,26 +418,3 @@ def test_cudnn_static_qk_op_on_a_gpu_without_the_kernel_runs_bf16_sdpa(monkeypat
     assert "no FP8 here" in caplog.text and out.transpose(1, 2).is_contiguous()
     # q and k passed through FP8 (3 mantissa bits); v and the attention itself stay bf16.
     assert rel_error(out.float(), F.scaled_dot_product_attention(q, k, v, scale=128 ** -0.5).float()) < 0.04
-
-
-@cuda
-@pytest.mark.parametrize("text_tokens, image_tokens", [(0, 4608), (512, 4096), (512, 1024)])
-def test_norm_rope_quantize_kernel_matches_its_torch_path(text_tokens, image_tokens):
-    """At FLUX.1-dev's shapes: a single block's q (a view into the QKV output) and a double block's two streams."""
-    from diffusers.models.transformers.transformer_flux import FluxPosEmbed
-
-    g = torch.Generator("cuda").manual_seed(text_tokens + image_tokens)
-    heads, head_dim = 24, 128
-    qkv = torch.randn(1, image_tokens, 3 * heads, head_dim, generator=g, device="cuda").bfloat16()
-    image = qkv[:, :, heads:2 * heads]  # strided, as q, k and v of one fused projection
-    text = torch.randn(1, text_tokens, heads, head_dim, generator=g, device="cuda").bfloat16() if text_tokens else None
-    weights = [(3 * torch.rand(head_dim, generator=g, device="cuda")).bfloat16() for _ in range(2)]
-    ids = torch.randint(0, 128, (text_tokens + image_tokens, 3), generator=g, device="cuda").float()
-    cos, sin = FluxPosEmbed(theta=10000, axes_dim=[16, 56, 56])(ids)
-    bound = weights[0].float().abs().amax() * head_dim ** 0.5 * 1.02
-    args = (image, text, weights[0], weights[1] if text_tokens else None, cos, sin, bound, 1e-6)
-    out, expected = qk_quantize.norm_rope_quantize(*args), qk_quantize.reference(*args)
-    assert out.shape == expected.shape and out.is_contiguous()
-    # The norm's sum order may move a bf16 rounding, and so an FP8 value by one step, in a few values per 10^3.
-    assert (out.view(torch.uint8) != expected.view(torch.uint8)).float().mean() < 1e-2
-    assert rel_error(out.float(), expected.float()) < 1e-2
