@@ -87,6 +87,8 @@ class OptimizationConfig:
     cache: bool = field(default=True, metadata=env("AOTI_CACHE"))  # reuse compiled programs across starts
     cache_dir: str = field(default="", metadata=env("AOTI_CACHE_DIR"))  # "": /data/aoti-cache on Spaces, else ~/.cache
     hub_repo: str = field(default="", metadata=env("AOTI_HUB_REPO"))  # also pull/push programs here (needs HF_TOKEN)
+    # Identical computations in an exported graph run once (aoti/export.py): torchao quantizes a shared input per layer.
+    merge_duplicates: bool = field(default=True, metadata=env("AOTI_MERGE_DUPLICATES"))
     # Row reductions (LayerNorm, per-row FP8 scales over 3072 channels) of up to this many elements as one pass with the
     # row held in registers; inductor's own limit is 1024, above which it loops over the row (compile_options.py).
     persistent_reductions_up_to: int = field(default=1024, metadata=env("AOTI_PERSISTENT_REDUCTIONS_UP_TO"))

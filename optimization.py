@@ -243,7 +243,7 @@ def compile_transformer(
     modules = [kind_modules[0] for kind_modules in targets.values()]
     with stage("export", times), sdpa_as_fp8(fp8_attention, modules) if fp8_attention != "off" else nullcontext():
         exported = {
-            kind: [aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional)
+            kind: [aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional, merge=config.merge_duplicates)
                    for call, dims in zip(kind_calls, dynamic)]
             for kind, kind_calls in module_calls.items()
         }

@@ -1,4 +1,4 @@
-"""Stage 2: torch.export of a captured call, with named dynamic axes."""
+"""Stage 2: torch.export of a captured call, with named dynamic axes, and identical computations merged."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_flatten
 
 from .capture import CapturedCall
 from .signature import DynamicAxes, Signature
@@ -37,14 +38,16 @@ class _Stateless(torch.nn.Module):
 
 
 def export(
-    module: torch.nn.Module, call: CapturedCall, dynamic: DynamicAxes | None = None, *, weights_as_inputs: bool = False
+    module: torch.nn.Module, call: CapturedCall, dynamic: DynamicAxes | None = None, *, weights_as_inputs: bool = False,
+    merge: bool = True,
 ) -> Exported:
     """Export `module.forward` for calls like `call`, with `dynamic` axes free within their range.
 
     Every non-tensor argument (flags, None, empty dicts) is frozen into the graph; the returned
     signature makes a later call with another value fail instead of silently running this one.
     With `weights_as_inputs`, the weights become the program's first argument instead of
-    constants bound at load time (see `_Stateless`).
+    constants bound at load time (see `_Stateless`). With `merge`, repeated pure calls run once
+    (`merge_duplicates`).
     """
     if not call.captured:
         raise ValueError("the call has not been captured yet")
@@ -72,4 +75,37 @@ def export(
         raise ValueError(
             f"{type(module).__name__}.forward creates tensor constants {lifted[:3]}: register them as buffers"
         )
+    if merge:
+        merge_duplicates(program.graph_module)
     return Exported(program, signature, weight_names, weights_as_inputs)
+
+
+def merge_duplicates(graph_module: torch.fx.GraphModule) -> int:
+    """Compute each repeated pure call once; return how many calls were merged.
+
+    Inductor does not merge them itself. torchao quantizes a linear layer's input inside each layer: q, k, v and
+    a FLUX single block's MLP quantized the same activation four times, each written out as its own FP8 copy.
+    """
+    seen: dict[tuple, torch.fx.Node] = {}
+    merged = 0
+    for node in list(graph_module.graph.nodes):
+        if node.op != "call_function" or node.is_impure() or _seeded(node):
+            continue
+        if any(user.op == "output" for user in node.users):  # the output's names are in the program's signature
+            continue
+        args, spec = tree_flatten((node.args, node.kwargs))
+        key = (node.target, str(spec), *(arg if isinstance(arg, torch.fx.Node) else repr(arg) for arg in args))
+        if key in seen:
+            node.replace_all_uses_with(seen[key])
+            graph_module.graph.erase_node(node)
+            merged += 1
+        else:
+            seen[key] = node
+    if merged:
+        graph_module.recompile()
+    return merged
+
+
+def _seeded(node: torch.fx.Node) -> bool:
+    """Random ops: two draws are not one."""
+    return torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())

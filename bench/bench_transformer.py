@@ -59,6 +59,7 @@ class Rung:
     fp8_text_stream: bool = True  # off: the double blocks' text-stream linears stay bf16
     inductor: tuple[tuple[str, Any], ...] = ()  # options over the run's, to compare one in the same process
     persistent_up_to: int = 1024  # config.persistent_reductions_up_to
+    merge_duplicates: bool = True  # config.merge_duplicates
 
 
 RUNGS = {
@@ -84,6 +85,8 @@ RUNGS = {
     "aot_fp8_row_fusedq_ff_cudnnattn": Rung("aot", fp8="row", fused_quant=True, fused_ff_quant=True, fp8_attention="cudnn"),
     "aot_fp8_row_fusedq_ff_cudnnstaticqk": Rung(
         "aot", fp8="row", fused_quant=True, fused_ff_quant=True, fp8_attention="cudnn_static_qk"),
+    "aot_fp8_row_fusedq_ff_cudnnstaticqk_nomerge": Rung(
+        "aot", fp8="row", fused_quant=True, fused_ff_quant=True, fp8_attention="cudnn_static_qk", merge_duplicates=False),
     "aot_fp8_row_fusedq_ff_cudnnstaticqk_rows4096": Rung(
         "aot", fp8="row", fused_quant=True, fused_ff_quant=True, fp8_attention="cudnn_static_qk", persistent_up_to=4096),
     # Persistent reductions (each row read once) for the row-wise FP8 scales: inductor's multi-kernel picks per
@@ -362,12 +365,13 @@ def run_rung(
         fp8_fused_quantization=rung.fused_quant, fp8_fused_ff_quantization=rung.fused_ff_quant,
         fp8_attention=rung.fp8_attention, fp8_text_stream=rung.fp8_text_stream, attention_backend=rung.attention,
         inductor_configs={**inductor, **dict(rung.inductor)}, static_sizes=static_sizes,
-        persistent_reductions_up_to=rung.persistent_up_to,
+        persistent_reductions_up_to=rung.persistent_up_to, merge_duplicates=rung.merge_duplicates,
     )
     attention = set_attention_backend(model, config.attention_backend)
     extra = dict(attention=attention, fp8=rung.fp8, regional=rung.regional, static_sizes=static_sizes,
                  fused_quant=rung.fused_quant, fused_ff_quant=rung.fused_ff_quant, fp8_attention=rung.fp8_attention,
-                 fp8_text_stream=rung.fp8_text_stream, persistent_up_to=rung.persistent_up_to)
+                 fp8_text_stream=rung.fp8_text_stream, persistent_up_to=rung.persistent_up_to,
+                 merge_duplicates=rung.merge_duplicates)
     if rung.kind == "eager":
         measure(name, model, extra)
         return

@@ -263,6 +263,23 @@ def test_export_records_the_fp8_ops(fp8_on_cpu, monkeypatch):
         assert {"flux_fast.gelu_cat_quantize.default", *kernel_ops} <= targets
 
 
+def test_export_quantizes_an_input_shared_by_several_layers_once(fp8_on_cpu):
+    """torchao quantizes each linear layer's input itself: q, k, v and the MLP of a single block read one
+    activation, which the program casts to FP8 once (not four times), with the same output."""
+    block = single_block()
+    quantize_fp8_(block, "row")
+    call = aoti.CapturedCall(tuple(block_inputs()), {})
+
+    def fp8_casts(exported):  # torchao's per-row scale, one per quantized activation
+        return sum(node.target == torch.ops.torchao.choose_scale_float8.default for node in exported.program.graph.nodes)
+
+    merged, unmerged = aoti.export(block, call), aoti.export(block, call, merge=False)
+    assert fp8_casts(unmerged) - fp8_casts(merged) == 3
+    with torch.no_grad():
+        for a, b in zip(merged.program.module()(*call.args), unmerged.program.module()(*call.args)):
+            assert torch.equal(a, b)
+
+
 def tiny_transformer():
     """FLUX-shaped, with a head size the FP8 attention serves (32; the embedded model's is 16)."""
     torch.manual_seed(0)
