@@ -16,9 +16,11 @@ place for such heuristics. Above its limit inductor loops over each row two or t
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from torch._inductor import config as inductor_config
 from torch._inductor.choices import InductorChoices
 from torch._inductor.runtime.hints import ReductionHint
 from torch._inductor.virtualized import V
@@ -36,6 +38,9 @@ def compiler_options(config: OptimizationConfig, fp8: bool) -> dict[str, Any]:
     return dict(config.inductor_configs)
 
 
+INDUCTOR_PERSISTENT_ROWS = 1024  # inductor's own limit for rows reduced in one pass (InductorChoices)
+
+
 class _PersistentRows(InductorChoices):
     def __init__(self, up_to: int):
         super().__init__()
@@ -48,6 +53,13 @@ class _PersistentRows(InductorChoices):
         return super().should_use_persistent_reduction(features, cooperative_reduction)
 
 
-def persistent_rows(config: OptimizationConfig) -> AbstractContextManager[None]:
+@contextmanager
+def persistent_rows(config: OptimizationConfig) -> Iterator[None]:
     """Within: inductor reduces rows of up to `config.persistent_reductions_up_to` elements in one pass."""
-    return V.set_choices_handler(_PersistentRows(config.persistent_reductions_up_to))
+    if config.persistent_reductions_up_to <= INDUCTOR_PERSISTENT_ROWS:
+        yield
+        return
+    # Inductor's FX graph cache keys on its config, not on the choices handler: off, so that a graph compiled
+    # earlier in this process without the handler is not reused.
+    with V.set_choices_handler(_PersistentRows(config.persistent_reductions_up_to)), inductor_config.patch(fx_graph_cache=False):
+        yield

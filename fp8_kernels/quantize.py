@@ -22,7 +22,6 @@ except ImportError:  # CPU-only installs: the op runs its torch path
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
-NEGATIVE_GELU_MAX = 0.171  # max |gelu_tanh(x)| over x < 0 is 0.1700 (at x = -0.75)
 
 
 def reference(attn: torch.Tensor, mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,6 +33,7 @@ def reference(attn: torch.Tensor, mlp: torch.Tensor) -> tuple[torch.Tensor, torc
 
 
 if triton is not None:
+    NEGATIVE_GELU_MAX = tl.constexpr(0.171)  # max |gelu_tanh(x)| over x < 0 is 0.1700 (at x = -0.75)
 
     @triton.jit
     def _gelu(m):
