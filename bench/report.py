@@ -35,7 +35,7 @@ ZEROGPU = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev.json"
 ZEROGPU_LORA = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev-lora-cudnn.json"
 PIPELINE = sorted((RESULTS / "pipeline-h200").glob("*.json"))
 # README.md's seconds per image: the app's default ("aot") as last measured; eager and torch.compile from every run.
-PIPELINE_DEFAULT = RESULTS / "pipeline-h200" / "eager-aot-static-vae-decoder.json"
+PIPELINE_DEFAULT = RESULTS / "pipeline-h200" / "eager-aot-gelu-of-max-merged-quantization.json"
 VAE = sorted((RESULTS / "vae-h200").glob("*.json"))
 LORA = RESULTS / "lora-h200" / "ranks-16-64-128.json"
 SERVE = sorted((RESULTS / "serve-h200").glob("*.json"))
@@ -43,7 +43,8 @@ PAGES = (ROOT / "bench" / "README.md", ROOT / "README.md")
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
 # The per-size table; "+cudagraph" rows are the app's default on the GPU.
 SUMMARY = (
-    "eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row_fusedq_cudnnstaticqk+cudagraph",
+    "eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row_fusedq_ff_cudnnstaticqk+cudagraph",
+    "aot_fp8_row_fusedq_ff_cudnnstaticqk", "aot_fp8_row_fusedq_cudnnstaticqk+cudagraph",
     "aot_fp8_row_fusedq_cudnnstaticqk", "aot_fp8_row_fusedq_ff_cudnnattn+cudagraph", "aot_fp8_row_fusedq_cudnnattn+cudagraph",
     "aot_fp8_row_fusedq_cudnnattn", "aot_fp8_row_fusedq+cudagraph", "aot_fp8_row_fusedq", "aot_fp8_row+cudagraph",
     "aot_fp8_row", "torch_compile_fp8",
@@ -54,13 +55,15 @@ SHORT = {"coordinate_descent_tuning": "CD", "coordinate_descent_check_all_direct
 BUILD_ONLY = {"aot_inductor.compile_wrapper_opt_level"}
 # README.md's summary: column title, rung.
 SPEED = {"eager bf16": "eager", "`torch.compile` + FP8": "torch_compile_fp8",
-         "this template (AoT, FP8, CUDA graphs)": "aot_fp8_row_fusedq_cudnnstaticqk+cudagraph"}
+         "this template (AoT, FP8, CUDA graphs)": "aot_fp8_row_fusedq_ff_cudnnstaticqk+cudagraph"}
 # Rungs whose code the template no longer has, by run and part of the rung name: in bench/README.md, marked, and
 # not in README.md's summary.
 SUPERSEDED = {
     "run16-bf16text-cudnn-attention": "cudnnattn",  # cuDNN attention with ATen quantization, FP8 at every size
     # The static-q/k rungs ran a one-pass Triton kernel for q and k (removed: slower), not the cast in the graph.
     "run22-norm-rope-kernel-v1": "cudnnstaticqk", "run23-norm-rope-kernel-v2": "cudnnstaticqk",
+    # Its one-pass q/k op (removed), and the single blocks' quantization kernel before it skipped GELU in its first pass.
+    "run24-default-fused-qk-op": "cudnnstaticqk",
 }
 
 
@@ -70,7 +73,7 @@ def superseded(row: dict, path: Path) -> bool:
 
 KERNELS = [RESULTS / "kernels-h200" / name for name in
            ("kernels.json", "cudnn-fp8-attention-cudagraph.json", "cudnn-fp8-attention-fused-cudagraph.json",
-            "cudnn-fp8-attention-static-qk-cudagraph.json")]
+            "cudnn-fp8-attention-static-qk-cudagraph.json", "gelu-cat-quantize-gelu-of-max.json")]
 
 
 def natural(path: Path) -> list:
