@@ -205,3 +205,17 @@ def test_cpu_isa_probe_only_for_graphs_with_cpu_kernels(device, probes, monkeypa
         aoti.compile(exported, {"epilogue_fusion": False})
     assert seen["epilogue_fusion"] is False
     assert ("cpp.vec_isa_ok" not in seen) if probes else (seen["cpp.vec_isa_ok"] is False)
+
+
+def test_export_computes_a_repeated_pure_call_once_but_draws_random_numbers_each_time():
+    class Repeats(torch.nn.Module):
+        def forward(self, x):
+            return x.sin() * 2 + x.sin(), torch.rand_like(x) - torch.rand_like(x)
+
+    x = torch.randn(8)
+    exported = aoti.export(Repeats(), aoti.CapturedCall((x,), {}))
+    targets = [str(node.target) for node in exported.program.graph.nodes]
+    assert targets.count("aten.sin.default") == 1 and targets.count("aten.rand_like.default") == 2
+    same, noise = exported.program.module()(x)
+    torch.testing.assert_close(same, 3 * x.sin())
+    assert noise.abs().sum() > 0  # two draws, not one subtracted from itself
