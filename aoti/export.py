@@ -89,7 +89,7 @@ def merge_duplicates(graph_module: torch.fx.GraphModule) -> int:
     seen: dict[tuple, torch.fx.Node] = {}
     merged = 0
     for node in list(graph_module.graph.nodes):
-        if node.op != "call_function" or node.is_impure() or _seeded(node):
+        if node.op != "call_function" or node.is_impure():  # random draws count as impure too
             continue
         if any(user.op == "output" for user in node.users):  # the output's names are in the program's signature
             continue
@@ -104,8 +104,3 @@ def merge_duplicates(graph_module: torch.fx.GraphModule) -> int:
     if merged:
         graph_module.recompile()
     return merged
-
-
-def _seeded(node: torch.fx.Node) -> bool:
-    """Random ops: two draws are not one."""
-    return torch.Tag.nondeterministic_seeded in getattr(node.target, "tags", ())
