@@ -25,7 +25,7 @@ from torch._inductor.choices import InductorChoices
 from torch._inductor.runtime.hints import ReductionHint
 from torch._inductor.virtualized import V
 
-from config import OptimizationConfig
+from config import INDUCTOR_PERSISTENT_ROWS, OptimizationConfig
 
 
 def compiler_options(config: OptimizationConfig, fp8: bool) -> dict[str, Any]:
@@ -36,9 +36,6 @@ def compiler_options(config: OptimizationConfig, fp8: bool) -> dict[str, Any]:
     if fp8 and config.fp8_granularity == "tensor":
         return {**config.inductor_configs, "split_reductions": True}
     return dict(config.inductor_configs)
-
-
-INDUCTOR_PERSISTENT_ROWS = 1024  # inductor's own limit for rows reduced in one pass (InductorChoices)
 
 
 class _PersistentRows(InductorChoices):

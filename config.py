@@ -28,6 +28,7 @@ PIXELS_PER_TOKEN = 16
 MAX_SEED = 2**31 - 1
 GUIDANCE_RANGE = (1.0, 15.0)  # of the UI and the API
 FP8_ATTENTION = ("off", "cudnn", "cudnn_static_qk", "triton")  # OptimizationConfig.fp8_attention's choices
+INDUCTOR_PERSISTENT_ROWS = 1024  # inductor's own limit for rows reduced in one pass (its InductorChoices)
 
 
 @dataclass(frozen=True)
@@ -89,9 +90,9 @@ class OptimizationConfig:
     hub_repo: str = field(default="", metadata=env("AOTI_HUB_REPO"))  # also pull/push programs here (needs HF_TOKEN)
     # Identical computations in an exported graph run once (aoti/export.py): torchao quantizes a shared input per layer.
     merge_duplicates: bool = field(default=True, metadata=env("AOTI_MERGE_DUPLICATES"))
-    # Row reductions (LayerNorm, per-row FP8 scales over 3072 channels) of up to this many elements as one pass with the
-    # row held in registers; inductor's own limit is 1024, above which it loops over the row (compile_options.py).
-    persistent_reductions_up_to: int = field(default=1024, metadata=env("AOTI_PERSISTENT_REDUCTIONS_UP_TO"))
+    # The transformer's row reductions (LayerNorm, per-row FP8 scales over 3072 channels) of up to this many elements as
+    # one pass with the row held in registers; above inductor's own limit it loops over the row (compile_options.py).
+    persistent_reductions_up_to: int = field(default=INDUCTOR_PERSISTENT_ROWS, metadata=env("AOTI_PERSISTENT_REDUCTIONS_UP_TO"))
     # torch._inductor.config options for every compile; why each one: compile_options.py.
     inductor_configs: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({

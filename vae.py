@@ -45,7 +45,7 @@ def compile_decoder(vae: torch.nn.Module, config: OptimizationConfig, sizes: Seq
     with stage("VAE decoder capture", times):
         calls = [capture_decoder(vae, width, height) for width, height in sizes]
     with stage("VAE decoder export", times):
-        exported = [aoti.export(vae.decoder, call, weights_as_inputs=True) for call in calls]
+        exported = [aoti.export(vae.decoder, call, weights_as_inputs=True, merge=config.merge_duplicates) for call in calls]
     with stage("VAE decoder compile", times):
         return [aoti.compile(program, compiler_options(config, fp8=False)) for program in exported]
 
@@ -59,6 +59,7 @@ def fingerprint(vae: torch.nn.Module, config: OptimizationConfig, sizes: Sequenc
         "dtype": str(vae.dtype),
         "sizes": [list(size) for size in sizes],
         "inductor_configs": compiler_options(config, fp8=False),
+        "merge_duplicates": config.merge_duplicates,
         "diffusers": diffusers.__version__,
         **aoti.cache.environment(vae.device.type),
     }
