@@ -41,6 +41,7 @@ from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, Optimization
 from fp8 import fp8_unavailable, is_fp8, quantize_fp8_
 from fp8_kernels import fuse_feed_forward_quantization_, fuse_single_block_quantization_, sdpa_as_fp8
 from fp8_kernels.cudnn_attention import unavailable as cudnn_unavailable
+from fp8_kernels.rope_pairs import mark_split_, split_rope_pairs_
 from startup import stage
 from vae import apply_decoder_, compile_decoder, decoder_sizes
 from vae import fingerprint as decoder_fingerprint
@@ -156,6 +157,11 @@ def fp8_attention_kernel(config: OptimizationConfig, fp8: bool, attention: str) 
     return config.fp8_attention if fp8 and attention == SDPA else "off"
 
 
+def rope_pairs_split(config: OptimizationConfig, fp8: bool, attention: str = SDPA) -> bool:
+    """Whether q and k get RoPE's pairs half a head apart: only the static-q/k FP8 attention rotates in that layout."""
+    return config.rope_pairs_split and fp8_attention_kernel(config, fp8, attention) == "cudnn_static_qk"
+
+
 def compiled_options(config: OptimizationConfig, fp8: bool, attention: str) -> dict[str, Any]:
     """Every other option of `config`, with what the GPU decided in place of what was asked for.
 
@@ -169,6 +175,7 @@ def compiled_options(config: OptimizationConfig, fp8: bool, attention: str) -> d
         "fp8_fused_ff_quantization": fp8 and config.fp8_granularity == "row" and config.fp8_fused_ff_quantization,
         "fp8_text_stream": config.fp8_text_stream if fp8 else None,
         "fp8_attention": fp8_attention_kernel(config, fp8, attention),
+        "rope_pairs_split": rope_pairs_split(config, fp8, attention),
         "attention_backend": attention,
         "dynamic": asdict(IMAGE_SEQ) if config.dynamic else None,  # range and step of the image tokens
         "static_sizes": config.static_resolutions,
@@ -205,9 +212,12 @@ def capture_module(transformer: torch.nn.Module, module: torch.nn.Module, call: 
 def prepare_transformer_(
     transformer: torch.nn.Module, config: OptimizationConfig, fp8: bool, times: dict[str, float] | None = None
 ) -> None:
-    """Put the compiled modules in the form the programs were compiled for: fused QKV, FP8. Idempotent."""
+    """Put the compiled modules in the form the programs were compiled for: fused QKV, q and k's RoPE layout, FP8.
+    Idempotent."""
     if config.fuse_qkv:
         fuse_qkv_(transformer)
+    if rope_pairs_split(config, fp8):  # before FP8: it permutes bf16 rows
+        split_rope_pairs_(transformer)
     if fp8:
         with stage("quantize", times):
             for modules in compiled_modules(transformer, config.regional).values():
@@ -226,15 +236,15 @@ def compile_transformer(
 ) -> dict[str, list[aoti.CompiledProgram]]:
     """Steps 2-5 for transformer calls: one per static size first, the dynamic one last.
 
-    Each stage is logged with its time (and recorded in `times`); lazy `calls` are captured in the first.
+    Each stage is logged with its time (and recorded in `times`); lazy `calls` are captured in the capture stage.
     """
     targets = compiled_modules(transformer, config.regional)
+    prepare_transformer_(transformer, config, fp8, times)  # first: it may change the blocks' rotary tables
     with stage("capture", times):
         calls = list(calls)
         module_calls = {
             kind: [capture_module(transformer, modules[0], call) for call in calls] for kind, modules in targets.items()
         }
-    prepare_transformer_(transformer, config, fp8, times)
     text_tokens = calls[0].kwargs["encoder_hidden_states"].shape[1]  # the model's max_sequence_length
     axes = block_axes(text_tokens) if config.regional else DYNAMIC_AXES
     dynamic = [None] * (len(calls) - 1) + [axes if config.dynamic else None]
@@ -248,7 +258,7 @@ def compile_transformer(
             for kind, kind_calls in module_calls.items()
         }
     options = compiler_options(config, fp8)
-    with stage("compile", times), persistent_rows(config):
+    with stage("compile", times), persistent_rows(config, transformer.device):
         return {kind: [aoti.compile(program, options) for program in programs] for kind, programs in exported.items()}
 
 
@@ -299,6 +309,8 @@ def apply_programs_(
     """
     if weights is None:
         prepare_transformer_(transformer, config, fp8)
+    elif rope_pairs_split(config, fp8):  # the weights come permuted; this process needs the layout's processor and tables
+        mark_split_(transformer)
     for kind, modules in compiled_modules(transformer, config.regional).items():
         kind_weights = weights[kind] if weights is not None else None
         if config.regional:
@@ -382,7 +394,8 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
         # The weights as the GPU function prepared them (FP8 on ZeroGPU: quantized there, on the GPU, not
         # again here on the CPU); on ZeroGPU this process keeps them as its emulated "cuda" tensors.
         weights = compiled.weights.to(transformer.device)
-        apply_programs_(transformer, compiled.programs, config, compiled.fp8, weights)
+        decided = replace(config, fp8_attention=compiled.fp8_attention)  # "off" where the GPU function turned it off
+        apply_programs_(transformer, compiled.programs, decided, compiled.fp8, weights)
         cuda_graphs = config.cuda_graphs and transformer.device.type == "cuda"
         if cuda_graphs:  # captured per resolution on its second step, inside the request's GPU function
             transformer.forward = aoti.CUDAGraphs(transformer.forward)

@@ -9,6 +9,10 @@ kernels where that package is installed. Error is ||out - ref|| / ||ref|| agains
 SDPA on the same inputs (q and k RMS-normalized per head, as FLUX's are).
 Quantization: the single blocks' GELU + concat + per-row FP8 in one pass against torchao's path in
 eager and under torch.compile; the bytes must match.
+q/k: RMSNorm + RoPE + FP8 cast as inductor compiles it, with RoPE's channel pairs interleaved (FLUX's
+order) against the same channels reordered so that a pair's halves lie 64 channels apart (the order
+`rotate_half` uses), with the rotary tables at full or half width; the bytes must match after the reorder.
+Inductor's generated code for each is written beside the JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.bench_transformer import environment, median_ms, rel_error
+from config import OptimizationConfig
 from fp8_kernels import attention as fp8_attention
 from fp8_kernels import cudnn_attention, flux_attention, quantize
 
@@ -135,10 +140,66 @@ def quantize_rows(tokens: int, args) -> list[dict]:
     return rows
 
 
+def _norm_rope_cast(x, weight, cos, sin, bound, layout: str):
+    """[B, S, H, D] bf16 -> FP8: RMSNorm, RoPE with pairs in `layout`, cast by the static bound's scale."""
+    x = F.rms_norm(x, x.shape[-1:], weight, 1e-6)
+    cos, sin = cos[None, :, None], sin[None, :, None]
+    if layout == "interleaved":  # diffusers' apply_rotary_emb: pairs (2j, 2j + 1)
+        real, imag = x.unflatten(-1, (-1, 2)).unbind(-1)
+        rotated = torch.stack([-imag, real], dim=-1).flatten(3)
+    else:  # pairs (j, j + D/2)
+        real, imag = x.chunk(2, dim=-1)
+        rotated = torch.cat([-imag, real], dim=-1)
+        if layout == "half_split_strided":  # FLUX's own tables: a pair's angle at its even channel
+            cos, sin = cos[..., 0::2], sin[..., 0::2]
+        if layout != "half_split":  # one angle per pair: tables of D/2
+            cos, sin = torch.cat([cos, cos], dim=-1), torch.cat([sin, sin], dim=-1)
+    out = (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    return flux_attention.quantize_bounded(out, bound)
+
+
+def qk_rows(tokens: int, args) -> list[dict]:
+    from diffusers.models.transformers.transformer_flux import FluxPosEmbed
+    from torch._inductor.utils import run_and_get_code
+
+    g = torch.Generator("cuda").manual_seed(tokens)
+    cos, sin = FluxPosEmbed(theta=10000, axes_dim=[16, 56, 56])(torch.randint(0, 64, (tokens, 3), device="cuda").float())
+    weight = (2 * torch.rand(HEAD_DIM, device="cuda", generator=g)).bfloat16()
+    bound = weight.float().abs().amax() * HEAD_DIM ** 0.5 * 1.02
+    order = torch.cat([torch.arange(0, HEAD_DIM, 2), torch.arange(1, HEAD_DIM, 2)]).cuda()  # interleaved -> half split
+    q, k = (torch.randn(1, tokens, HEADS, HEAD_DIM, device="cuda", generator=g).bfloat16() for _ in range(2))
+    tables = {"interleaved": (cos, sin), "half_split": (cos[:, order], sin[:, order]),
+              "half_split_64": (cos[:, 0::2].contiguous(), sin[:, 0::2].contiguous()), "half_split_strided": (cos, sin)}
+    rows, base = [], None
+    for layout, (c, s) in tables.items():
+        qx, kx, w = (q, k, weight) if layout == "interleaved" else (q[..., order], k[..., order], weight[order])
+        qx, kx = qx.contiguous(), kx.contiguous()
+
+        def both(qx=qx, kx=kx, w=w, c=c, s=s, layout=layout):  # q and k in one graph, as a block has them
+            return [_norm_rope_cast(x, w, c, s, bound, layout) for x in (qx, kx)]
+
+        compiled = torch.compile(both, fullgraph=True, dynamic=False, options=dict(OptimizationConfig().inductor_configs))
+        out, code = run_and_get_code(compiled)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        (args.json.parent / f"{args.json.stem}-qk-{layout}-{tokens}.py").write_text("\n\n".join(code))
+        expected = [_norm_rope_cast(x, weight, cos, sin, bound, "interleaved") for x in (q, k)]
+        if layout != "interleaved":
+            expected = [e[..., order] for e in expected]
+        fn, out = graphed(compiled)
+        ms = median_ms(fn, args.warmup, args.iters) / 2
+        base = base or ms
+        same = sum((o.view(torch.uint8) == e.view(torch.uint8)).float().mean().item() for o, e in zip(out, expected)) / 2
+        rows.append(dict(kernel="qk norm+rope+cast", variant=layout, tokens=tokens, ms=ms, speedup=base / ms,
+                         gb_per_s=tokens * HEADS * HEAD_DIM * 3 / ms / 1e6, bytes_equal=same))
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["1024x1024", "512x512"])
-    parser.add_argument("--kernels", nargs="+", choices=["quantize", "attention"], default=["quantize", "attention"])
+    parser.add_argument("--kernels", nargs="+", choices=["quantize", "attention", "qk"],
+                        default=["quantize", "attention", "qk"])
     parser.add_argument("--cudagraph", action="store_true", help="time attention as CUDA graph replays (no launch cost)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--iters", type=int, default=50)
@@ -148,7 +209,7 @@ def main() -> None:
     for size in args.sizes:
         width, height = map(int, size.split("x"))
         tokens = width * height // 256 + TEXT_TOKENS
-        for rows in (dict(quantize=quantize_rows, attention=attention_rows)[kernel] for kernel in args.kernels):
+        for rows in (dict(quantize=quantize_rows, attention=attention_rows, qk=qk_rows)[kernel] for kernel in args.kernels):
             try:
                 results["rows"] += [dict(size=size, **row) for row in rows(tokens, args)]
             except Exception as error:  # one failing kernel must not lose the others' numbers

@@ -60,6 +60,7 @@ class Rung:
     inductor: tuple[tuple[str, Any], ...] = ()  # options over the run's, to compare one in the same process
     persistent_up_to: int = 1024  # config.persistent_reductions_up_to
     merge_duplicates: bool = True  # config.merge_duplicates
+    rope_pairs_split: bool = False  # config.rope_pairs_split (with fp8_attention "cudnn_static_qk")
 
 
 RUNGS = {
@@ -89,6 +90,10 @@ RUNGS = {
         "aot", fp8="row", fused_quant=True, fused_ff_quant=True, fp8_attention="cudnn_static_qk", merge_duplicates=False),
     "aot_fp8_row_fusedq_ff_cudnnstaticqk_rows4096": Rung(
         "aot", fp8="row", fused_quant=True, fused_ff_quant=True, fp8_attention="cudnn_static_qk", persistent_up_to=4096),
+    # The default: the above with q and k's RoPE pairs half a head apart.
+    "aot_fp8_row_fusedq_ff_cudnnstaticqk_rows4096_ropesplit": Rung(
+        "aot", fp8="row", fused_quant=True, fused_ff_quant=True, fp8_attention="cudnn_static_qk", persistent_up_to=4096,
+        rope_pairs_split=True),
     # Persistent reductions (each row read once) for the row-wise FP8 scales: inductor's multi-kernel picks per
     # kernel by timing both at compile time; "persistent" forces them.
     "aot_fp8_row_fusedq_cudnnstaticqk_multikernel": Rung(
@@ -366,12 +371,13 @@ def run_rung(
         fp8_attention=rung.fp8_attention, fp8_text_stream=rung.fp8_text_stream, attention_backend=rung.attention,
         inductor_configs={**inductor, **dict(rung.inductor)}, static_sizes=static_sizes,
         persistent_reductions_up_to=rung.persistent_up_to, merge_duplicates=rung.merge_duplicates,
+        rope_pairs_split=rung.rope_pairs_split,
     )
     attention = set_attention_backend(model, config.attention_backend)
     extra = dict(attention=attention, fp8=rung.fp8, regional=rung.regional, static_sizes=static_sizes,
                  fused_quant=rung.fused_quant, fused_ff_quant=rung.fused_ff_quant, fp8_attention=rung.fp8_attention,
                  fp8_text_stream=rung.fp8_text_stream, persistent_up_to=rung.persistent_up_to,
-                 merge_duplicates=rung.merge_duplicates)
+                 merge_duplicates=rung.merge_duplicates, rope_pairs_split=rung.rope_pairs_split)
     if rung.kind == "eager":
         measure(name, model, extra)
         return

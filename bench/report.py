@@ -35,7 +35,7 @@ ZEROGPU = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev.json"
 ZEROGPU_LORA = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev-lora-cudnn.json"
 PIPELINE = sorted((RESULTS / "pipeline-h200").glob("*.json"))
 # README.md's seconds per image: the app's default ("aot") as last measured; eager and torch.compile from every run.
-PIPELINE_DEFAULT = RESULTS / "pipeline-h200" / "eager-aot-gelu-of-max-merged-quantization.json"
+PIPELINE_DEFAULT = RESULTS / "pipeline-h200" / "eager-aot-rope-pairs-split.json"
 VAE = sorted((RESULTS / "vae-h200").glob("*.json"))
 LORA = RESULTS / "lora-h200" / "ranks-16-64-128.json"
 SERVE = sorted((RESULTS / "serve-h200").glob("*.json"))
@@ -43,7 +43,9 @@ PAGES = (ROOT / "bench" / "README.md", ROOT / "README.md")
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
 # The per-size table; "+cudagraph" rows are the app's default on the GPU.
 SUMMARY = (
-    "eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row_fusedq_ff_cudnnstaticqk+cudagraph",
+    "eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row_fusedq_ff_cudnnstaticqk_rows4096_ropesplit+cudagraph",
+    "aot_fp8_row_fusedq_ff_cudnnstaticqk_rows4096_ropesplit", "aot_fp8_row_fusedq_ff_cudnnstaticqk_rows4096+cudagraph",
+    "aot_fp8_row_fusedq_ff_cudnnstaticqk_rows4096", "aot_fp8_row_fusedq_ff_cudnnstaticqk+cudagraph",
     "aot_fp8_row_fusedq_ff_cudnnstaticqk", "aot_fp8_row_fusedq_cudnnstaticqk+cudagraph",
     "aot_fp8_row_fusedq_cudnnstaticqk", "aot_fp8_row_fusedq_ff_cudnnattn+cudagraph", "aot_fp8_row_fusedq_cudnnattn+cudagraph",
     "aot_fp8_row_fusedq_cudnnattn", "aot_fp8_row_fusedq+cudagraph", "aot_fp8_row_fusedq", "aot_fp8_row+cudagraph",
@@ -55,7 +57,7 @@ SHORT = {"coordinate_descent_tuning": "CD", "coordinate_descent_check_all_direct
 BUILD_ONLY = {"aot_inductor.compile_wrapper_opt_level"}
 # README.md's summary: column title, rung.
 SPEED = {"eager bf16": "eager", "`torch.compile` + FP8": "torch_compile_fp8",
-         "this template (AoT, FP8, CUDA graphs)": "aot_fp8_row_fusedq_ff_cudnnstaticqk+cudagraph"}
+         "this template (AoT, FP8, CUDA graphs)": "aot_fp8_row_fusedq_ff_cudnnstaticqk_rows4096_ropesplit+cudagraph"}
 # Rungs whose code the template no longer has, by run and part of the rung name: in bench/README.md, marked, and
 # not in README.md's summary.
 SUPERSEDED = {
@@ -73,7 +75,7 @@ def superseded(row: dict, path: Path) -> bool:
 
 KERNELS = [RESULTS / "kernels-h200" / name for name in
            ("kernels.json", "cudnn-fp8-attention-cudagraph.json", "cudnn-fp8-attention-fused-cudagraph.json",
-            "cudnn-fp8-attention-static-qk-cudagraph.json", "gelu-cat-quantize-gelu-of-max.json")]
+            "cudnn-fp8-attention-static-qk-cudagraph.json", "gelu-cat-quantize-gelu-of-max.json", "qk-rope-layout.json")]
 
 
 def natural(path: Path) -> list:
@@ -308,11 +310,13 @@ def render_kernels(paths: list[Path]) -> str:
     for path in paths:
         run = json.loads(path.read_text())
         env = run["env"]
-        replays = "CUDA graph replays (no launch cost)" if "--cudagraph" in env["command"] else "calls from Python"
+        graphed = "--cudagraph" in env["command"] or f"{env['command']} ".count("--kernels qk ")  # qk rows always are
+        replays = "CUDA graph replays (no launch cost)" if graphed else "calls from Python"
+        iters = re.search(r"--iters (\d+)", env["command"])
         lines += [
-            f"{env.get('card', 'CPU')}, torch {env['torch']}: `{command(env['command'], path)}`; median of 50 CUDA-event "
-            f"timings of {replays}. Error: attention against fp32 SDPA; quantization, the share of FP8 bytes unlike "
-            "torchao's.", "",
+            f"{env.get('card', 'CPU')}, torch {env['torch']}: `{command(env['command'], path)}`; median of "
+            f"{iters[1] if iters else 50} CUDA-event timings of {replays}. Error: attention against fp32 SDPA; "
+            "quantization, the share of FP8 bytes unlike torchao's (q/k: unlike eager PyTorch's, after the reorder).", "",
             "| size | kernel | variant | ms | vs first row | error |", "|---|---|---|---:|---:|---:|",
         ]
         for r in run["rows"]:

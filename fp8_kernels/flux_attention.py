@@ -5,18 +5,23 @@ they are cast to FP8 with that bound's scale right after RoPE, and the attention
 (`cudnn_attention.cudnn_fp8_attention_static_qk`). `FluxAttnProcessorFP8` is diffusers' `FluxAttnProcessor`
 with that swapped in; it stands in for it while a program is exported (`attention.sdpa_as_fp8`). The compiled
 graph casts q and k in the kernel that normalizes and rotates them (three hand-written Triton kernels for
-that step were slower than inductor's: bench/NOTES.md, sessions 15-16).
+that step were slower than inductor's: bench/NOTES.md, sessions 15-16). Where `rope_pairs.split_rope_pairs_` has
+put RoPE's pairs half a head apart (`SPLIT`), it rotates them in that layout (`rotate_split`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
 from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.transformer_flux import FluxAttnProcessor, _get_qkv_projections
 
 from .cudnn_attention import FP8, FP8_MAX, cudnn_fp8_attention_static_qk, scale_of
+
+SPLIT = "rope_pairs_split"  # set on an attention module whose q and k have RoPE's pairs half a head apart (rope_pairs.py)
 
 
 def swappable(module: torch.nn.Module) -> bool:
@@ -33,6 +38,18 @@ def qk_norms(attn: torch.nn.Module) -> list[list[torch.nn.RMSNorm]] | None:
     if not all(isinstance(norm, torch.nn.RMSNorm) and norm.weight is not None for pair in norms for norm in pair):
         return None
     return norms
+
+
+def rotate_split(x: torch.Tensor, rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """RoPE of x [B, S, H, D] with its pairs at channels (j, j + D/2), from tables of one angle per pair [S, D/2]
+    (rope_pairs.PairAngles) or of FLUX's own [S, D]."""
+    cos, sin = rotary
+    if cos.shape[-1] == x.shape[-1]:  # FLUX's tables: a pair's angle at both of its channels
+        cos, sin = cos[..., 0::2], sin[..., 0::2]
+    cos, sin = (torch.cat([t, t], dim=-1)[None, :, None] for t in (cos, sin))
+    real, imag = x.chunk(2, dim=-1)
+    rotated = torch.cat([-imag, real], dim=-1)
+    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
 
 
 def quantize_bounded(x: torch.Tensor, bound: torch.Tensor) -> torch.Tensor:
@@ -62,6 +79,8 @@ class FluxAttnProcessorFP8:
         attention_mask: torch.Tensor | None = None, image_rotary_emb: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         if attention_mask is not None or image_rotary_emb is None:  # not FLUX's call: diffusers' own path
+            if getattr(attn, SPLIT, False) and image_rotary_emb is not None:
+                raise NotImplementedError("attention masks with q and k in the split RoPE layout (rope_pairs.py)")
             return FluxAttnProcessor()(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb)
         query, key, value, text_query, text_key, text_value = _get_qkv_projections(attn, hidden_states, encoder_hidden_states)
         query, key, value = (x.unflatten(-1, (-1, attn.head_dim)) for x in (query, key, value))
@@ -72,8 +91,10 @@ class FluxAttnProcessorFP8:
             value = torch.cat([text_value, value], dim=1)
         else:
             text_query = text_key = None
+        rotate = partial(rotate_split, rotary=image_rotary_emb) if getattr(attn, SPLIT, False) else partial(
+            apply_rotary_emb, freqs_cis=image_rotary_emb, sequence_dim=1)
         q8, k8 = (
-            self._cast(image, text, pair, bound, image_rotary_emb)
+            self._cast(image, text, pair, bound, rotate)
             for image, text, pair, bound in zip((query, key), (text_query, text_key), norms, bounds)
         )
         hidden_states = cudnn_fp8_attention_static_qk(
@@ -91,9 +112,9 @@ class FluxAttnProcessorFP8:
 
     @staticmethod
     def _cast(image: torch.Tensor, text: torch.Tensor | None, norms: list[torch.nn.RMSNorm], bound: torch.Tensor,
-              rotary: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+              rotate: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """One of q, k: RMSNorm per stream (text first), RoPE, FP8 cast; [B, S, H, D] in and out."""
         x = norms[0](image)
         if text is not None:
             x = torch.cat([norms[1](text), x], dim=1)
-        return quantize_bounded(apply_rotary_emb(x, rotary, sequence_dim=1), bound)
+        return quantize_bounded(rotate(x), bound)

@@ -146,6 +146,7 @@ class LoraFuser:
             weight = weight.to(master.dtype)
         else:
             weight = master.to(device, copy=True)
+        weight = _stored(slot, weight)
         if slot.fp8:
             quantized = quantized_weight(weight, self.fp8_granularity)
             slot.qdata.copy_(quantized.qdata)
@@ -159,13 +160,13 @@ class LoraFuser:
                 bias[rows if rows is not None else slice(None)] += factors.up_bias.to(device, torch.float32) * (
                     factors.scaling * scale
                 )
-            slot.bias.copy_(bias)
+            slot.bias.copy_(_stored(slot, bias))
 
     def _master(self, slot: Slot) -> torch.Tensor:
         master = self._masters.get(slot.layer)
         if master is None:
             # The live weight still holds the base: a layer is written only after its master is taken.
-            master = _copy_to(slot.weight, master_device(slot.weight, slot.weight.nbytes))
+            master = _copy_to(slot.weight, master_device(slot.weight, slot.weight.nbytes), slot.rows)
         elif master.device != slot.live.device and master_device(slot.live, master.nbytes) == slot.live.device:
             # A host master (on ZeroGPU, the main process's, inherited by this worker) moves to the GPU on first
             # use where it fits: this process's later switches then copy nothing from the host.
@@ -175,7 +176,7 @@ class LoraFuser:
 
     def _bias_master(self, slot: Slot) -> torch.Tensor:
         if slot.layer not in self._bias_masters:
-            self._bias_masters[slot.layer] = _copy_to(slot.bias, master_device(slot.bias, slot.bias.nbytes))
+            self._bias_masters[slot.layer] = _copy_to(slot.bias, master_device(slot.bias, slot.bias.nbytes), slot.rows)
         return self._bias_masters[slot.layer]
 
     def _fused_qkv_masters(self, masters: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -189,9 +190,19 @@ class LoraFuser:
         return fused
 
 
-def _copy_to(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _stored(slot: Slot, rows: torch.Tensor) -> torch.Tensor:
+    """A weight's or bias's rows in the order the slot stores them (masters and LoRAs are in the layer's order)."""
+    return rows if slot.rows is None else rows[slot.rows.to(rows.device)]
+
+
+def _copy_to(tensor: torch.Tensor, device: torch.device, stored_rows: torch.Tensor | None = None) -> torch.Tensor:
+    """A copy of `tensor` on `device`; of a live tensor whose rows are stored as `stored_rows` (`Slot.rows`), in the
+    layer's order."""
     with torch.inference_mode(False), torch.no_grad():
-        return tensor.detach().to(device, copy=True)
+        tensor = tensor.detach()
+        if stored_rows is not None:
+            tensor = tensor[torch.argsort(stored_rows).to(tensor.device)]
+        return tensor.to(device, copy=True)
 
 
 def _same_memory(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -17,6 +17,7 @@ import torch
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from aoti import CompiledForward
+from fp8_kernels.rope_pairs import ROW_ORDER
 
 FP8_DATA, FP8_SCALE = "parametrizations.weight.original0", "parametrizations.weight.original1"  # aoti/weights.py
 
@@ -31,6 +32,7 @@ class Slot:
     qdata: torch.Tensor | None = None
     scale: torch.Tensor | None = None
     bias: torch.Tensor | None = None
+    rows: torch.Tensor | None = None  # stored row i is the layer's row rows[i] (fp8_kernels/rope_pairs.py); None: in order
 
     @property
     def fp8(self) -> bool:
@@ -65,7 +67,8 @@ def find_slots(roots: Mapping[str, torch.nn.Module]) -> dict[str, Slot]:
             elif isinstance(module, torch.nn.Linear):
                 if is_traceable_wrapper_subclass(module.weight):
                     raise ValueError(f"{prefix} is quantized outside a compiled module: LoRA fusing does not handle it")
-                slots[prefix] = Slot(prefix, (module.out_features, module.in_features), weight=module.weight, bias=module.bias)
+                slots[prefix] = Slot(prefix, (module.out_features, module.in_features), weight=module.weight, bias=module.bias,
+                                     rows=getattr(module, ROW_ORDER, None))
     return slots
 
 
@@ -75,11 +78,12 @@ def _compiled_slots(prefix: str, module: torch.nn.Module, weights: Mapping[str, 
         if not isinstance(layer, torch.nn.Linear):
             continue
         layer_name = f"{prefix}.{name}" if name else prefix
-        shape, bias = (layer.out_features, layer.in_features), weights.get(f"{name}.bias")
+        shape, bias, rows = (layer.out_features, layer.in_features), weights.get(f"{name}.bias"), getattr(layer, ROW_ORDER, None)
         if f"{name}.weight" in weights:
-            slots[layer_name] = Slot(layer_name, shape, weight=weights[f"{name}.weight"], bias=bias)
+            slots[layer_name] = Slot(layer_name, shape, weight=weights[f"{name}.weight"], bias=bias, rows=rows)
         elif f"{name}.{FP8_DATA}" in weights:
             slots[layer_name] = Slot(
-                layer_name, shape, qdata=weights[f"{name}.{FP8_DATA}"], scale=weights[f"{name}.{FP8_SCALE}"], bias=bias
+                layer_name, shape, qdata=weights[f"{name}.{FP8_DATA}"], scale=weights[f"{name}.{FP8_SCALE}"], bias=bias,
+                rows=rows,
             )
     return slots

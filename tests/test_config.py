@@ -59,7 +59,7 @@ def test_persistent_rows_reduce_wider_rows_in_one_pass():
     expected = layer_norm(x)
     for up_to, kind in (1024, "triton_red_"), (4096, "triton_per_"):
         torch._dynamo.reset()
-        with persistent_rows(config.OptimizationConfig(persistent_reductions_up_to=up_to)):
+        with persistent_rows(config.OptimizationConfig(persistent_reductions_up_to=up_to), x.device):
             out, code = run_and_get_code(torch.compile(layer_norm), x)
         assert kind in "".join(code)
         torch.testing.assert_close(out, expected)

@@ -27,6 +27,7 @@ from fp8_kernels import (
     sdpa_as_fp8,
 )
 from fp8_kernels import flux_attention as fp8_flux
+from fp8_kernels.rope_pairs import ROW_ORDER, PairAngles, half_split_order, mark_split_, split_rope_pairs_
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
 
@@ -190,6 +191,40 @@ def test_static_qk_attention_is_as_exact_as_per_tensor_scales(text_tokens):
         assert rel_error(out.float(), ref) < 1.1 * rel_error(other.float(), ref) + 1e-3
 
 
+@pytest.mark.parametrize("text_tokens", [0, 16])
+@pytest.mark.parametrize("fuse_qkv", [False, True])
+def test_rope_pairs_split_half_a_head_apart_leave_the_attention_as_it_was(text_tokens, fuse_qkv):
+    """Permuting q and k's channels alike changes no attention score: the split module gives the static-q/k
+    processor's output, with FLUX's rotary tables or with one angle per pair; a second split changes nothing."""
+    attn = flux_attention_module(text_tokens)
+    if fuse_qkv:
+        attn.fuse_projections()
+    inputs = attention_inputs(text_tokens)
+    with torch.no_grad(), sdpa_as_fp8("cudnn_static_qk", [attn]):
+        expected = attn(**inputs)
+    holder = torch.nn.Module()
+    holder.attn = attn
+    assert split_rope_pairs_(holder) == 1 and split_rope_pairs_(holder) == 0
+    assert type(attn.processor) is fp8_flux.FluxAttnProcessorFP8  # it stays: the module's layout needs it
+    cos, sin = inputs["image_rotary_emb"]
+    with torch.no_grad():
+        for tables in (cos, sin), (cos[:, 0::2].contiguous(), sin[:, 0::2].contiguous()):
+            out = attn(**{**inputs, "image_rotary_emb": tables})
+            for o, e in zip(*(x if isinstance(x, tuple) else (x,) for x in (out, expected))):
+                assert rel_error(o.float(), e.float()) < 1e-5
+    q = attn.to_qkv if fuse_qkv else attn.to_q
+    order = getattr(q, ROW_ORDER)
+    assert sorted(order.tolist()) == list(range(q.out_features))  # a permutation of the layer's rows
+    assert order[:64].tolist() == list(range(0, 128, 2)) and order[64:128].tolist() == list(range(1, 128, 2))
+    with pytest.raises(NotImplementedError, match="attention masks"):
+        attn(**inputs, attention_mask=torch.ones(1, 64, dtype=torch.bool))
+
+
+def test_half_split_order_puts_each_pair_half_a_head_apart():
+    order = half_split_order(heads=2, head_dim=4)
+    assert order.tolist() == [0, 2, 1, 3, 4, 6, 5, 7]
+
+
 def test_qk_bounds_only_for_flux_attention_with_rms_norms():
     attn = flux_attention_module()
     assert fp8_flux.qk_norms(attn) == [[attn.norm_q], [attn.norm_k]] and fp8_flux.swappable(attn)
@@ -316,12 +351,16 @@ def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_c
     eager = tiny_transformer()
     quantize_fp8_(eager, "row")
     model = tiny_transformer()
-    static_qk_calls = []  # recorded while export traces the blocks: one per block kind
+    static_qk_calls = []
     original = fp8_flux.cudnn_fp8_attention_static_qk
     monkeypatch.setattr(fp8_flux, "cudnn_fp8_attention_static_qk", lambda *a: static_qk_calls.append(1) or original(*a))
     programs = optimization.compile_transformer(model, [aoti.CapturedCall((), transformer_call(16, 16))], config, True)
+    prepared = optimization.program_weights(model, programs, config)  # as a GPU function hands them back
     optimization.apply_programs_(model, programs, config, True)
-    assert len(static_qk_calls) == (2 if kernel == "cudnn_static_qk" else 0)
+    # One per block kind, and, with RoPE's pairs split (the processor stays), one per double block that the
+    # capture of the single blocks' call runs eagerly.
+    assert len(static_qk_calls) == (2 + len(model.transformer_blocks) if kernel == "cudnn_static_qk" else 0)
+    assert isinstance(model.pos_embed, PairAngles) == (kernel == "cudnn_static_qk")  # q and k's RoPE pairs split
     assert "forward" in vars(model.transformer_blocks[0].ff) and "forward" in vars(model.single_transformer_blocks[0])
     for h, w in [(16, 16), (16, 24)]:  # the captured size and another one of the dynamic range
         call = transformer_call(h, w, seed=h * w)
@@ -329,6 +368,24 @@ def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_c
             expected = reference(**{k: v.float() if torch.is_tensor(v) else v for k, v in call.items()})[0]
             eager_error = rel_error(eager(**call)[0].float(), expected)
             assert rel_error(model(**call)[0].float(), expected) < 1.25 * eager_error
+    # A process given the prepared weights (ZeroGPU's main process) sets up the layout around them itself.
+    other = tiny_transformer()
+    optimization.apply_programs_(other, programs, config, True, prepared)
+    assert isinstance(other.pos_embed, PairAngles) == (kernel == "cudnn_static_qk")
+    with torch.no_grad():
+        assert torch.equal(other(**call)[0], model(**call)[0])
+
+
+def test_mark_split_sets_up_the_layout_without_touching_weights():
+    split, marked = tiny_transformer(), tiny_transformer()
+    before = {name: t.clone() for name, t in marked.state_dict().items()}
+    split_rope_pairs_(split)
+    mark_split_(marked)
+    assert all(torch.equal(t, before[name]) for name, t in marked.state_dict().items())
+    assert not torch.equal(split.transformer_blocks[0].attn.to_q.weight, marked.transformer_blocks[0].attn.to_q.weight)
+    for a, b in zip(split.modules(), marked.modules()):
+        assert type(a) is type(b) and getattr(a, fp8_flux.SPLIT, False) == getattr(b, fp8_flux.SPLIT, False)
+        assert torch.equal(getattr(a, ROW_ORDER, torch.empty(0)), getattr(b, ROW_ORDER, torch.empty(0)))
 
 
 def test_the_config_offers_every_kernel():

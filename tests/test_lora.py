@@ -17,6 +17,7 @@ import fp8
 import optimization
 from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
 from conftest import ROOT, allow_fp8_on_cpu, load_pipeline
+from fp8_kernels.rope_pairs import ROW_ORDER
 from lora import HubLora, LocalLora, LoraError, LoraFuser, LoraLibrary, check_scale, keep_masters, resolve
 from lora.library import _pick_weight_file
 
@@ -325,6 +326,45 @@ def test_a_bf16_text_stream_in_fp8_blocks_takes_the_lora_too(library, monkeypatc
         assert torch.equal(text.weight, expected.to(text.weight.dtype))
     with fuser.applied(None):
         assert_same(base, live_weights(fuser))
+
+
+def test_q_and_k_stored_with_rope_pairs_split_take_the_lora_in_their_row_order(library, monkeypatch):
+    """With the static-q/k FP8 attention, q and k's projection rows are stored permuted (fp8_kernels/rope_pairs.py):
+    the LoRA is fused in the layer's own order, then stored in theirs."""
+    allow_fp8_on_cpu(monkeypatch)
+    monkeypatch.setattr(optimization, "fp8_unavailable", lambda *args: None)
+    monkeypatch.setattr(optimization, "cudnn_unavailable", lambda *args: None)  # the FP8 attention op's torch path
+    pipe, fuser = compiled_pipeline(torch.bfloat16, fp8_granularity="row", fp8_attention="cudnn_static_qk")
+    split = [slot for slot in fuser.slots.values() if slot.rows is not None]
+    assert {slot.layer.rsplit(".", 1)[1] for slot in split} == {"to_q", "to_k", "add_q_proj", "add_k_proj"}
+    base, base_image = live_weights(fuser), generate(pipe)
+    style = library.load("tiny-style")
+    with fuser.applied(style, 0.9):
+        image = generate(pipe)
+        for slot in split:
+            factors, master = style.factors.get(slot.layer), fuser._masters[slot.layer]
+            fused = master if factors is None else torch.addmm(
+                master.float(), factors.up.float(), factors.down.float(), alpha=0.9 * factors.scaling).to(master.dtype)
+            quantized = fp8.quantized_weight(fused[slot.rows], "row")
+            assert torch.equal(slot.qdata.view(torch.uint8), quantized.qdata.view(torch.uint8)), slot.layer
+    assert any(slot.layer in style.factors for slot in split) and np.abs(image - base_image).max() > 0.01
+    with fuser.applied(None):
+        assert_same(base, live_weights(fuser))
+        assert np.array_equal(generate(pipe), base_image)
+
+
+def test_a_layer_stored_permuted_gets_its_master_back_in_order():
+    """Without kept masters a layer's master is copied from its live weight: back in the layer's order."""
+    layer = torch.nn.Linear(4, 6)
+    rows = torch.tensor([0, 2, 4, 1, 3, 5])
+    original = layer.weight.detach().clone()
+    layer.weight = torch.nn.Parameter(original[rows], requires_grad=False)
+    setattr(layer, ROW_ORDER, rows)  # as fp8_kernels/rope_pairs.py marks q and k
+    fuser = LoraFuser({"transformer": torch.nn.Sequential(layer)})
+    slot = fuser.slots["transformer.0"]
+    assert torch.equal(fuser._master(slot), original)
+    fuser._write(slot, [], 1.0)
+    assert torch.equal(layer.weight, original[rows])
 
 
 def test_fp8_needs_masters_kept_before_quantizing(fp8_compiled):
