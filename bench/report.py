@@ -43,7 +43,8 @@ PAGES = (ROOT / "bench" / "README.md", ROOT / "README.md")
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
 # The per-size table; "+cudagraph" rows are the app's default on the GPU.
 SUMMARY = (
-    "eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile", "aot_fp8_row_fusedq_ff_cudnnstaticqk_rows4096_ropesplit+cudagraph",
+    "eager", "aot_bf16+cudagraph", "aot_bf16", "torch_compile",
+    "aot_fp8_row_fusedq_ff_cudnnstaticqk_rows4096_ropesplit+cudagraph",
     "aot_fp8_row_fusedq_ff_cudnnstaticqk_rows4096_ropesplit", "aot_fp8_row_fusedq_ff_cudnnstaticqk_rows4096+cudagraph",
     "aot_fp8_row_fusedq_ff_cudnnstaticqk_rows4096", "aot_fp8_row_fusedq_ff_cudnnstaticqk+cudagraph",
     "aot_fp8_row_fusedq_ff_cudnnstaticqk", "aot_fp8_row_fusedq_cudnnstaticqk+cudagraph",
