@@ -7,6 +7,8 @@ same math in torch ops, so export, compile and tests run on machines without a G
 - `cudnn_attention`: attention through cuDNN's FP8 flash attention, per-tensor scales (static ones for q
   and k by default);
 - `flux_attention`: diffusers' FLUX attention processor with q and k cast to FP8 under static scales;
+- `rope_pairs`: q and k's channels reordered once so that RoPE's pairs lie half a head apart, the layout
+  the compiled graph rotates fastest;
 - `attention`: the export-time swap of SDPA for either FP8 attention, and a Triton one (per-head scales);
 - `blocks`: how FLUX's blocks use them.
 """
