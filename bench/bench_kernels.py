@@ -181,7 +181,7 @@ def qk_rows(tokens: int, args) -> list[dict]:
         compiled = torch.compile(both, fullgraph=True, dynamic=False, options=dict(OptimizationConfig().inductor_configs))
         out, code = run_and_get_code(compiled)
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        (args.json.parent / f"{args.json.stem}-qk-{layout}-{tokens}.py").write_text("\n\n".join(code))
+        (args.json.parent / f"{args.json.stem}-qk-{layout}-{tokens}.txt").write_text("\n\n".join(code))
         expected = [_norm_rope_cast(x, weight, cos, sin, bound, "interleaved") for x in (q, k)]
         if layout != "interleaved":
             expected = [e[..., order] for e in expected]
