@@ -1,4 +1,4 @@
-"""Pick the fastest attention backend that works here, inside the GPU function.
+"""Pick the fastest attention backend that works here, inside the GPU function (plan.py says which to try).
 
 Order on Hopper: FlashAttention-3 from the Hub's `kernels` (diffusers' `_flash_3_hub`; its kernels
 are registered torch ops, so torch.export keeps each call as one op), then PyTorch's SDPA, which
@@ -26,19 +26,20 @@ DEFAULT = "native"  # diffusers' name for torch's scaled_dot_product_attention
 HOPPER_CHOICES = ("_flash_3_hub",)
 
 
-def candidates(requested: str, fp8_sdpa: bool = False) -> tuple[str, ...]:
-    """Backends to try, best first; an explicit request is tried alone. `fp8_sdpa`: SDPA calls will run in FP8."""
+def candidates(requested: str, flash_attention_3: bool = False) -> tuple[str, ...]:
+    """Backends to try, best first; an explicit request is tried alone. `flash_attention_3`: the card runs FA3's
+    kernels and attention stays bf16 (plan.ARCHITECTURES)."""
     if requested != AUTO:
         return (requested,)
-    if torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0) and not fp8_sdpa:
+    if flash_attention_3:
         return (*HOPPER_CHOICES, DEFAULT)
     return (DEFAULT,)
 
 
-def set_attention_backend(module: torch.nn.Module, requested: str, fp8_sdpa: bool = False) -> str:
-    """Set the first working backend of `candidates(requested, fp8_sdpa)` on a diffusers model; return its name."""
+def set_attention_backend(module: torch.nn.Module, requested: str, flash_attention_3: bool = False) -> str:
+    """Set the first working backend of `candidates(...)` on a diffusers model; return its name."""
     errors = []
-    for backend in candidates(requested, fp8_sdpa):
+    for backend in candidates(requested, flash_attention_3):
         try:
             module.set_attention_backend(backend)
             if errors:

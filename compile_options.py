@@ -30,12 +30,12 @@ from torch._inductor.virtualized import V
 from config import INDUCTOR_PERSISTENT_ROWS, OptimizationConfig
 
 
-def compiler_options(config: OptimizationConfig, fp8: bool) -> dict[str, Any]:
-    """`config.inductor_configs` as compiled, with FP8 as decided on the GPU (it may fall back to bf16).
+def compiler_options(config: OptimizationConfig, fp8: str | None) -> dict[str, Any]:
+    """`config.inductor_configs` as compiled for FP8 GEMMs `fp8` ("row", "tensor" or None: the plan's, plan.py).
 
     A per-tensor FP8 scale reduces a whole activation: unsplit, that would run in one thread block.
     """
-    if fp8 and config.fp8_granularity == "tensor":
+    if fp8 == "tensor":
         return {**config.inductor_configs, "split_reductions": True}
     return dict(config.inductor_configs)
 

@@ -27,7 +27,8 @@ MIN_SIZE, MAX_SIZE, SIZE_STEP = 256, 2048, 32
 PIXELS_PER_TOKEN = 16
 MAX_SEED = 2**31 - 1
 GUIDANCE_RANGE = (1.0, 15.0)  # of the UI and the API
-FP8_ATTENTION = ("off", "cudnn", "cudnn_static_qk", "triton")  # OptimizationConfig.fp8_attention's choices
+FP8_ATTENTION = ("auto", "off", "cudnn", "cudnn_static_qk", "triton")  # OptimizationConfig.fp8_attention's choices
+FP8_GRANULARITY = ("auto", "row", "tensor")
 INDUCTOR_PERSISTENT_ROWS = 1024  # inductor's own limit for rows reduced in one pass (its InductorChoices)
 
 
@@ -60,7 +61,9 @@ class OptimizationConfig:
 
     aot: bool = field(default=True, metadata=env("AOTI"))  # off: serve the eager transformer
     fp8: bool = field(default=True, metadata=env("AOTI_FP8"))  # only where the GPU has FP8 units
-    fp8_granularity: str = field(default="row", metadata=env("AOTI_FP8_GRANULARITY"))  # "row" (sm90) or "tensor"
+    # "auto": the card's row of plan.ARCHITECTURES (per row on Hopper, per tensor on Ada and Blackwell); "row" or
+    # "tensor" to ask for one (still probed on the card: a failing one steps down).
+    fp8_granularity: str = field(default="auto", metadata=env("AOTI_FP8_GRANULARITY"))
     dynamic: bool = field(default=True, metadata=env("AOTI_DYNAMIC"))  # off: only the example's resolution
     # Compile one block of each repeated kind and share it (minutes less compile); off: the whole transformer.
     regional: bool = field(default=True, metadata=env("AOTI_REGIONAL"))
@@ -75,11 +78,12 @@ class OptimizationConfig:
     fp8_fused_ff_quantization: bool = field(default=True, metadata=env("AOTI_FP8_FUSED_FF_QUANT"))
     # FP8 only. Off: the double blocks' text-stream linears (512 rows) stay bf16, where cuBLAS's FP8 is slow.
     fp8_text_stream: bool = field(default=True, metadata=env("AOTI_FP8_TEXT_STREAM"))
-    # FP8 only, where the backend is PyTorch's SDPA: attention in FP8 too, through cuDNN's FP8 flash attention
-    # (Hopper+). "cudnn_static_qk": q and k scaled by bounds from their RMSNorms' weights and cast by the compiled
-    # graph (7 ms less per 1024x1024 step, same error); "cudnn": per-tensor amax scales of q, k and v in the op
-    # (2 ms slower); "triton": fp8_kernels/ (slower); "off".
-    fp8_attention: str = field(default="cudnn_static_qk", metadata=env("AOTI_FP8_ATTENTION"))
+    # FP8 only, where the backend is PyTorch's SDPA: attention in FP8 too, through cuDNN's FP8 flash attention, where
+    # its probe passes on the card. "auto": "cudnn_static_qk" where plan.ARCHITECTURES tries it, else "off";
+    # "cudnn_static_qk": q and k scaled by bounds from their RMSNorms' weights and cast by the compiled graph (7 ms
+    # less per 1024x1024 step on an H200, same error); "cudnn": per-tensor amax scales of q, k and v in the op (2 ms
+    # slower); "triton": fp8_kernels/ (slower); "off".
+    fp8_attention: str = field(default="auto", metadata=env("AOTI_FP8_ATTENTION"))
     # With "cudnn_static_qk": q and k's channels reordered once so that RoPE's pairs lie half a head apart
     # (fp8_kernels/rope_pairs.py); the compiled kernel that normalizes, rotates and casts them reads whole vectors.
     rope_pairs_split: bool = field(default=True, metadata=env("AOTI_ROPE_PAIRS_SPLIT"))
@@ -97,6 +101,9 @@ class OptimizationConfig:
     # one pass with the row held in registers (GPU); inductor's own limit, 1024, loops over the row (compile_options.py).
     # 4096: 85.3 against 86.0 ms per 1024x1024 step, 0.5-2 ms less at every size (H200).
     persistent_reductions_up_to: int = field(default=4096, metadata=env("AOTI_PERSISTENT_REDUCTIONS_UP_TO"))
+    # Fast paths to treat as failing on this card ("fp8_row,fp8_attention", or "all"; names: probes.PROBES): rehearses
+    # on a card where they run what a card where they don't will do (plan.py steps down, the log says why).
+    fail_probes: str = field(default="", metadata=env("AOTI_FAIL_PROBES"))
     # torch._inductor.config options for every compile; why each one: compile_options.py.
     inductor_configs: Mapping[str, Any] = field(
         default_factory=lambda: MappingProxyType({
@@ -106,8 +113,8 @@ class OptimizationConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.fp8_granularity not in ("row", "tensor"):
-            raise ValueError(f"fp8_granularity must be 'row' or 'tensor', got {self.fp8_granularity!r}")
+        if self.fp8_granularity not in FP8_GRANULARITY:
+            raise ValueError(f"fp8_granularity must be one of {FP8_GRANULARITY}, got {self.fp8_granularity!r}")
         if self.fp8_attention not in FP8_ATTENTION:
             raise ValueError(f"fp8_attention must be one of {FP8_ATTENTION}, got {self.fp8_attention!r}")
         self.static_resolutions  # validates

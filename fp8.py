@@ -1,7 +1,5 @@
-"""FP8 for the compiled blocks: whether this GPU can run it, and quantizing with torchao.
-
-Decided inside the GPU function: on ZeroGPU the main process sees an emulated card.
-"""
+"""FP8 for the compiled blocks: quantizing with torchao. Whether the card runs it, and at which granularity, is the
+plan's decision (plan.py)."""
 
 from __future__ import annotations
 
@@ -9,25 +7,6 @@ from collections.abc import Callable
 
 import torch
 from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, Float8Tensor, PerRow, PerTensor, quantize_
-
-
-def fp8_unavailable(granularity: str, device: torch.device, dtype: torch.dtype) -> str | None:
-    """Why FP8 cannot run for weights on `device` in `dtype`, or None.
-
-    Call it on the GPU: ZeroGPU emulates CUDA elsewhere.
-    """
-    if not torch.cuda.is_available():
-        return "no CUDA GPU"
-    if device.type != "cuda":
-        return f"the transformer is on {device.type}"
-    if granularity == "row" and dtype != torch.bfloat16:  # torchao's per-row FP8 quantizes bf16 weights only
-        return f"FP8 per-row needs bfloat16 weights, the transformer has {dtype}"
-    needed = (9, 0) if granularity == "row" else (8, 9)  # per-row scaled matmul needs Hopper
-    capability = torch.cuda.get_device_capability()
-    if capability < needed:
-        name = torch.cuda.get_device_name()
-        return f"{name} has compute capability {capability}, FP8 per-{granularity} needs {needed}"
-    return None
 
 
 def is_fp8(module: torch.nn.Module) -> bool:

@@ -2,10 +2,12 @@
 
     optimize_pipeline_(pipe, OptimizationConfig(), prompt="a cat", width=1024, height=1024)
 
-1. pick the attention backend (FA3 on Hopper where it can be fetched, else PyTorch's SDPA; attention.py);
+1. decide the hardware plan on the card (plan.py): its architecture's fast paths, each probed there first, and the
+   attention backend (FA3 on Hopper where it can be fetched and attention stays bf16, else PyTorch's SDPA);
 2. capture the transformer's arguments from one real pipeline call (the transformer does not run),
    and, for regional compilation, those of the first block of each repeated kind;
-3. optionally quantize to FP8 (torchao), decided on the GPU itself;
+3. prepare the blocks as the plan says: FP8 (torchao) per row or per tensor, the fused quantization kernels, q and k's
+   RoPE layout for the FP8 attention;
 4. export with one dynamic image-sequence axis covering every UI resolution (plus, optionally,
    static graphs for chosen sizes);
 5. compile with AOTInductor into small packages without weights;
@@ -13,8 +15,9 @@
    memory): the whole transformer, or every block of a kind sharing that kind's program; on the GPU,
    each resolution's step is then replayed as one CUDA graph.
 Steps 1-5 run inside a `@spaces.GPU` function: on ZeroGPU that is the only place with a real GPU, a
-forked worker. Its prepared (FP8) weights come back through shared memory rather than being quantized
+forked worker. Its plan and prepared (FP8) weights come back through shared memory rather than being quantized
 again on the main process's CPU, and the attention backend it chose is set up in the main process too.
+The VAE decoder is compiled in the same function, one static program per size (vae.py).
 """
 
 from __future__ import annotations
@@ -34,14 +37,14 @@ import torchao
 from diffusers import FluxPipeline
 
 import aoti
-from attention import DEFAULT as SDPA
+import plan as hardware
 from attention import set_attention_backend
 from compile_options import compiler_options, persistent_rows
 from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, OptimizationConfig
-from fp8 import fp8_unavailable, is_fp8, quantize_fp8_
+from fp8 import is_fp8, quantize_fp8_
 from fp8_kernels import fuse_feed_forward_quantization_, fuse_single_block_quantization_, sdpa_as_fp8
-from fp8_kernels.cudnn_attention import unavailable as cudnn_unavailable
 from fp8_kernels.rope_pairs import mark_split_, split_rope_pairs_
+from plan import Plan
 from startup import stage
 from vae import apply_decoder_, compile_decoder, decoder_sizes
 from vae import fingerprint as decoder_fingerprint
@@ -69,9 +72,7 @@ class Compiled:
 
     programs: dict[str, list[aoti.CompiledProgram]]  # per compiled module kind
     weights: aoti.HostShared  # per kind, per module: the prepared tensors the programs read
-    fp8: bool
-    attention: str
-    fp8_attention: str  # "off" where FP8 is off, the backend is not SDPA or the kernel cannot run
+    plan: Plan  # what the card runs, as decided there
     decoder: list[aoti.CompiledProgram] | None  # the VAE decoder's programs, one per size (vae.py)
     cached: bool  # loaded from the program cache instead of compiled
     stages: dict[str, float]  # seconds of each stage it ran
@@ -80,7 +81,7 @@ class Compiled:
 @dataclass(frozen=True)
 class OptimizationReport:
     aot: bool
-    fp8: bool
+    plan: Plan | None  # None with AOTI=0
     dtype: str
     attention: str
     regional: bool  # one program per repeated block kind instead of one for the transformer
@@ -92,10 +93,14 @@ class OptimizationReport:
     package_mb: float
     stages: dict[str, float]  # seconds per stage: capture, quantize, export, compile (or cache lookup), apply
 
+    @property
+    def fp8(self) -> bool:
+        return bool(self.plan and self.plan.fp8)
+
     def summary(self) -> str:
         if not self.aot:
             return f"transformer runs eagerly ({self.dtype}, attention: {self.attention})"
-        precision = "FP8" if self.fp8 else self.dtype
+        precision = f"FP8 per {self.plan.fp8}" if self.fp8 else self.dtype
         graphs = f"{self.graphs} graphs" if self.graphs > 1 else "one graph for all sizes"
         scope = "per repeated block" if self.regional else "whole transformer"
         replay = ", CUDA graphs" if self.cuda_graphs else ""
@@ -104,6 +109,7 @@ class OptimizationReport:
             f"transformer{decoder} AoT-compiled ({precision}, attention: {self.attention}, {scope}, {graphs}{replay}), "
             f"{'loaded from cache' if self.cached else 'compiled'} in {self.seconds:.1f} s, "
             f"package {self.package_mb:.1f} MB"
+            + (f"; stepped down: {'; '.join(self.plan.steps_down)}" if self.plan.steps_down else "")
         )
 
 
@@ -152,47 +158,37 @@ def text_stream(name: str) -> bool:
 SERVING_OPTIONS = frozenset({"aot", "cuda_graphs", "cache", "cache_dir", "hub_repo", "vae_decoder"})
 
 
-def fp8_attention_kernel(config: OptimizationConfig, fp8: bool, attention: str) -> str:
-    """The FP8 attention kernel the programs record, "off" where they don't: only SDPA calls are swapped."""
-    return config.fp8_attention if fp8 and attention == SDPA else "off"
+# Options that the plan decides (plan.py): the cache key records the plan's decisions instead of what was asked for.
+PLANNED_OPTIONS = frozenset({
+    "fp8", "fp8_granularity", "fp8_fused_quantization", "fp8_fused_ff_quantization", "fp8_attention", "rope_pairs_split",
+    "attention_backend", "fail_probes",
+})
 
 
-def rope_pairs_split(config: OptimizationConfig, fp8: bool, attention: str = SDPA) -> bool:
-    """Whether q and k get RoPE's pairs half a head apart: only the static-q/k FP8 attention rotates in that layout."""
-    return config.rope_pairs_split and fp8_attention_kernel(config, fp8, attention) == "cudnn_static_qk"
-
-
-def compiled_options(config: OptimizationConfig, fp8: bool, attention: str) -> dict[str, Any]:
-    """Every other option of `config`, with what the GPU decided in place of what was asked for.
+def compiled_options(config: OptimizationConfig, plan: Plan) -> dict[str, Any]:
+    """Every other option of `config`, with the plan's decisions in place of what was asked for.
 
     Derived from the dataclass, so an option added later is part of the cache key unless it is
-    listed in SERVING_OPTIONS.
+    listed in SERVING_OPTIONS or PLANNED_OPTIONS.
     """
     decided = {
-        "fp8": fp8,
-        "fp8_granularity": config.fp8_granularity if fp8 else None,
-        "fp8_fused_quantization": fp8 and config.fp8_granularity == "row" and config.fp8_fused_quantization,
-        "fp8_fused_ff_quantization": fp8 and config.fp8_granularity == "row" and config.fp8_fused_ff_quantization,
-        "fp8_text_stream": config.fp8_text_stream if fp8 else None,
-        "fp8_attention": fp8_attention_kernel(config, fp8, attention),
-        "rope_pairs_split": rope_pairs_split(config, fp8, attention),
-        "attention_backend": attention,
+        "plan": plan.as_key(),
+        "fp8_text_stream": config.fp8_text_stream if plan.fp8 else None,
         "dynamic": asdict(IMAGE_SEQ) if config.dynamic else None,  # range and step of the image tokens
         "static_sizes": config.static_resolutions,
-        "inductor_configs": compiler_options(config, fp8),
+        "inductor_configs": compiler_options(config, plan.fp8),
     }
-    return {f.name: decided.get(f.name, getattr(config, f.name)) for f in fields(config) if f.name not in SERVING_OPTIONS}
+    options = [f.name for f in fields(config) if f.name not in SERVING_OPTIONS | PLANNED_OPTIONS]
+    return {"plan": decided["plan"], **{name: decided.get(name, getattr(config, name)) for name in options}}
 
 
-def fingerprint(
-    transformer: torch.nn.Module, config: OptimizationConfig, example_call: dict, fp8: bool, attention: str
-) -> dict:
+def fingerprint(transformer: torch.nn.Module, config: OptimizationConfig, example_call: dict, plan: Plan) -> dict:
     """Everything a compiled transformer depends on; its weights' values are not among them."""
     return {
         "model": transformer.config.get("_name_or_path", ""),  # hub snapshot path: id and revision
         "transformer": {k: v for k, v in transformer.config.items() if not k.startswith("_")},
         "dtype": str(transformer.dtype),
-        "options": compiled_options(config, fp8, attention),
+        "options": compiled_options(config, plan),
         "example_call": {k: v for k, v in example_call.items() if isinstance(v, (int, float, str, bool))},
         "diffusers": diffusers.__version__,
         "torchao": torchao.__version__,
@@ -210,28 +206,28 @@ def capture_module(transformer: torch.nn.Module, module: torch.nn.Module, call: 
 
 
 def prepare_transformer_(
-    transformer: torch.nn.Module, config: OptimizationConfig, fp8: bool, times: dict[str, float] | None = None
+    transformer: torch.nn.Module, config: OptimizationConfig, plan: Plan, times: dict[str, float] | None = None
 ) -> None:
     """Put the compiled modules in the form the programs were compiled for: fused QKV, q and k's RoPE layout, FP8.
     Idempotent."""
     if config.fuse_qkv:
         fuse_qkv_(transformer)
-    if rope_pairs_split(config, fp8):  # before FP8: it permutes bf16 rows
+    if plan.rope_pairs_split:  # before FP8: it permutes bf16 rows
         split_rope_pairs_(transformer)
-    if fp8:
+    if plan.fp8:
         with stage("quantize", times):
             for modules in compiled_modules(transformer, config.regional).values():
                 for module in modules:
                     if not is_fp8(module):
-                        quantize_fp8_(module, config.fp8_granularity, keep=None if config.fp8_text_stream else text_stream)
-            if config.fp8_fused_quantization:  # these only find per-row FP8 layers
+                        quantize_fp8_(module, plan.fp8, keep=None if config.fp8_text_stream else text_stream)
+            if plan.fused_quantization:
                 fuse_single_block_quantization_(transformer)
-            if config.fp8_fused_ff_quantization:
+            if plan.fused_ff_quantization:
                 fuse_feed_forward_quantization_(transformer)
 
 
 def compile_transformer(
-    transformer: torch.nn.Module, calls: Iterable[aoti.CapturedCall], config: OptimizationConfig, fp8: bool,
+    transformer: torch.nn.Module, calls: Iterable[aoti.CapturedCall], config: OptimizationConfig, plan: Plan,
     times: dict[str, float] | None = None,
 ) -> dict[str, list[aoti.CompiledProgram]]:
     """Steps 2-5 for transformer calls: one per static size first, the dynamic one last.
@@ -239,7 +235,7 @@ def compile_transformer(
     Each stage is logged with its time (and recorded in `times`); lazy `calls` are captured in the capture stage.
     """
     targets = compiled_modules(transformer, config.regional)
-    prepare_transformer_(transformer, config, fp8, times)  # first: it may change the blocks' rotary tables
+    prepare_transformer_(transformer, config, plan, times)  # first: it may change the blocks' rotary tables
     with stage("capture", times):
         calls = list(calls)
         module_calls = {
@@ -249,27 +245,27 @@ def compile_transformer(
     axes = block_axes(text_tokens) if config.regional else DYNAMIC_AXES
     dynamic = [None] * (len(calls) - 1) + [axes if config.dynamic else None]
     # FP8 attention is recorded into the programs: export sees diffusers' SDPA calls run in FP8.
-    fp8_attention = fp8_attention_kernel(config, fp8, SDPA)
     modules = [kind_modules[0] for kind_modules in targets.values()]
-    with stage("export", times), sdpa_as_fp8(fp8_attention, modules) if fp8_attention != "off" else nullcontext():
+    fp8_sdpa = sdpa_as_fp8(plan.fp8_attention, modules) if plan.fp8_attention != "off" else nullcontext()
+    with stage("export", times), fp8_sdpa:
         exported = {
             kind: [aoti.export(targets[kind][0], call, dims, weights_as_inputs=config.regional, merge=config.merge_duplicates)
                    for call, dims in zip(kind_calls, dynamic)]
             for kind, kind_calls in module_calls.items()
         }
-    options = compiler_options(config, fp8)
+    options = compiler_options(config, plan.fp8)
     with stage("compile", times), persistent_rows(config, transformer.device):
         return {kind: [aoti.compile(program, options) for program in programs] for kind, programs in exported.items()}
 
 
 def load_or_compile(
-    transformer: torch.nn.Module, config: OptimizationConfig, fp8: bool, attention: str, example_call: dict,
+    transformer: torch.nn.Module, config: OptimizationConfig, plan: Plan, example_call: dict,
     calls: Callable[[], Iterable[aoti.CapturedCall]], times: dict[str, float] | None = None,
 ) -> tuple[dict[str, list[aoti.CompiledProgram]], bool]:
-    """The programs for this transformer and setup from the program cache, else compiled from `calls()` and
-    stored; and whether they came from the cache. `fp8` and `attention` as decided on the GPU."""
-    key = fingerprint(transformer, config, example_call, fp8, attention)
-    return load_or_build(config, key, lambda: compile_transformer(transformer, calls(), config, fp8, times), times)
+    """The programs for this transformer, setup and plan from the program cache, else compiled from `calls()` and
+    stored; and whether they came from the cache."""
+    key = fingerprint(transformer, config, example_call, plan)
+    return load_or_build(config, key, lambda: compile_transformer(transformer, calls(), config, plan, times), times)
 
 
 def load_or_build(
@@ -299,7 +295,7 @@ def program_weights(
 
 
 def apply_programs_(
-    transformer: torch.nn.Module, programs: dict[str, list[aoti.CompiledProgram]], config: OptimizationConfig, fp8: bool,
+    transformer: torch.nn.Module, programs: dict[str, list[aoti.CompiledProgram]], config: OptimizationConfig, plan: Plan,
     weights: dict[str, list[dict[str, torch.Tensor]]] | None = None,
 ) -> None:
     """Step 6: bind the programs to this process's transformer.
@@ -308,8 +304,8 @@ def apply_programs_(
     prepared), or else to this transformer's own, prepared here the way they were compiled.
     """
     if weights is None:
-        prepare_transformer_(transformer, config, fp8)
-    elif rope_pairs_split(config, fp8):  # the weights come permuted; this process needs the layout's processor and tables
+        prepare_transformer_(transformer, config, plan)
+    elif plan.rope_pairs_split:  # the weights come permuted; this process needs the layout's processor and tables
         mark_split_(transformer)
     for kind, modules in compiled_modules(transformer, config.regional).items():
         kind_weights = weights[kind] if weights is not None else None
@@ -328,10 +324,12 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
     transformer = pipeline.transformer
     dtype = str(transformer.dtype).removeprefix("torch.")
     if not config.aot:
-        attention = set_attention_backend(transformer, config.attention_backend)
+        gpu = hardware.gpu_of(transformer.device)
+        flash_attention_3 = hardware.architecture(gpu[1] if gpu else None).flash_attention_3
+        attention = set_attention_backend(transformer, config.attention_backend, flash_attention_3)
         log.info("AoT compilation is off (AOTI=0): the transformer runs eagerly")
         return OptimizationReport(
-            aot=False, fp8=False, dtype=dtype, attention=attention, regional=False, vae_decoder=False, graphs=0,
+            aot=False, plan=None, dtype=dtype, attention=attention, regional=False, vae_decoder=False, graphs=0,
             cuda_graphs=False,
             cached=False, seconds=0.0, package_mb=0.0, stages={},
         )
@@ -354,25 +352,17 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
 
     @spaces.GPU(duration=1500)  # a full FLUX.1-dev compile takes minutes
     def compile_on_gpu() -> Compiled:
-        # Hardware decisions are made here, where the real card is visible.
-        unavailable = (
-            fp8_unavailable(config.fp8_granularity, transformer.device, transformer.dtype)
-            if config.fp8 else "switched off (AOTI_FP8=0)"
-        )
-        fp8 = unavailable is None
-        if not fp8:
-            log.info("FP8 off: %s; the transformer runs in %s", unavailable, dtype)
-        options = config
-        if fp8 and config.fp8_attention.startswith("cudnn") and (reason := cudnn_unavailable(transformer.device)):
-            log.info("FP8 attention off: %s", reason)
-            options = replace(config, fp8_attention="off")
-        attention = set_attention_backend(transformer, config.attention_backend, fp8 and options.fp8_attention != "off")
         times: dict[str, float] = {}
-        programs, cached = load_or_compile(transformer, options, fp8, attention, example_call, transformer_calls, times)
+        with stage("plan", times):  # here, where the real card is visible
+            plan = hardware.decide(config, transformer)
+        if not plan.fp8:
+            log.info("FP8 off; the transformer runs in %s", dtype)
+        programs, cached = load_or_compile(transformer, config, plan, example_call, transformer_calls, times)
         if cached:  # else the compile has prepared it
-            prepare_transformer_(transformer, options, fp8, times)
-        weights = aoti.HostShared(program_weights(transformer, programs, options))
-        fp8_attention = fp8_attention_kernel(options, fp8, attention)
+            prepare_transformer_(transformer, config, plan, times)
+        if transformer.device.type == "cuda":  # what stays on the card: room left for LoRA masters (plan.fits_beside)
+            plan = replace(plan, weights_bytes=torch.cuda.memory_allocated(transformer.device))
+        weights = aoti.HostShared(program_weights(transformer, programs, config))
         decoder = None
         if config.vae_decoder:
             side = pipeline.default_sample_size * pipeline.vae_scale_factor  # the pipeline's own default size
@@ -382,7 +372,7 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
             key = decoder_fingerprint(pipeline.vae, config, sizes)
             decoders, decoder_cached = load_or_build(config, key, build, times, "VAE decoder ")
             decoder, cached = decoders["decoder"], cached and decoder_cached
-        return Compiled(programs, weights, fp8, attention, fp8_attention, decoder, cached, times)
+        return Compiled(programs, weights, plan, decoder, cached, times)
 
     start = time.perf_counter()
     compiled = compile_on_gpu()
@@ -390,20 +380,20 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
     with stage("apply", stages):
         # Also here: on ZeroGPU that ran in a worker, and a backend's kernels (FA3 from the Hub) register
         # their ops only in the process that sets it up; every later worker is forked from this one.
-        set_attention_backend(transformer, compiled.attention)
+        set_attention_backend(transformer, compiled.plan.attention)
         # The weights as the GPU function prepared them (FP8 on ZeroGPU: quantized there, on the GPU, not
         # again here on the CPU); on ZeroGPU this process keeps them as its emulated "cuda" tensors.
         weights = compiled.weights.to(transformer.device)
-        decided = replace(config, fp8_attention=compiled.fp8_attention)  # "off" where the GPU function turned it off
-        apply_programs_(transformer, compiled.programs, decided, compiled.fp8, weights)
+        apply_programs_(transformer, compiled.programs, config, compiled.plan, weights)
         cuda_graphs = config.cuda_graphs and transformer.device.type == "cuda"
         if cuda_graphs:  # captured per resolution on its second step, inside the request's GPU function
             transformer.forward = aoti.CUDAGraphs(transformer.forward)
         if compiled.decoder is not None:
             apply_decoder_(pipeline.vae, compiled.decoder)
+    plan = compiled.plan
     report = OptimizationReport(
-        aot=True, fp8=compiled.fp8, dtype=dtype,
-        attention=compiled.attention + (f" in FP8 ({compiled.fp8_attention})" if compiled.fp8_attention != "off" else ""),
+        aot=True, plan=plan, dtype=dtype,
+        attention=plan.attention + (f" in FP8 ({plan.fp8_attention})" if plan.fp8_attention != "off" else ""),
         regional=config.regional, vae_decoder=compiled.decoder is not None,
         graphs=len(config.static_resolutions) + 1, cuda_graphs=cuda_graphs, cached=compiled.cached,
         seconds=time.perf_counter() - start,

@@ -47,7 +47,7 @@ def compile_decoder(vae: torch.nn.Module, config: OptimizationConfig, sizes: Seq
     with stage("VAE decoder export", times):
         exported = [aoti.export(vae.decoder, call, weights_as_inputs=True, merge=config.merge_duplicates) for call in calls]
     with stage("VAE decoder compile", times):
-        return [aoti.compile(program, compiler_options(config, fp8=False)) for program in exported]
+        return [aoti.compile(program, compiler_options(config, fp8=None)) for program in exported]
 
 
 def fingerprint(vae: torch.nn.Module, config: OptimizationConfig, sizes: Sequence[tuple[int, int]]) -> dict:
@@ -58,7 +58,7 @@ def fingerprint(vae: torch.nn.Module, config: OptimizationConfig, sizes: Sequenc
         "vae": {k: v for k, v in vae.config.items() if not k.startswith("_")},
         "dtype": str(vae.dtype),
         "sizes": [list(size) for size in sizes],
-        "inductor_configs": compiler_options(config, fp8=False),
+        "inductor_configs": compiler_options(config, fp8=None),
         "merge_duplicates": config.merge_duplicates,
         "diffusers": diffusers.__version__,
         **aoti.cache.environment(vae.device.type),

@@ -43,6 +43,7 @@ def child(mode: str, model_name: str, fp8: str, size: tuple[int, int], started: 
     from attention import set_attention_backend
     from bench.bench_transformer import build, inputs, model_config, quantize_fp8_like_a_user_
     from bench.compile_phases import compile_phases
+    from plan import Plan
 
     imported = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -55,15 +56,15 @@ def child(mode: str, model_name: str, fp8: str, size: tuple[int, int], started: 
     weights_s = time.perf_counter() - begin
     begin = time.perf_counter()
     cached, phases = None, {}
-    options = OptimizationConfig(fp8_granularity=fp8 or "row", cache_dir=os.environ["AOTI_CACHE_DIR"])
+    options = OptimizationConfig(cache_dir=os.environ["AOTI_CACHE_DIR"])
     attention = set_attention_backend(model, options.attention_backend)  # as the app does, for every start
+    plan = Plan.assumed(options, fp8 or None, attention)
     if mode == "aot":
         with compile_phases() as phases:  # empty when loaded from the cache
             programs, cached = optimization.load_or_compile(
-                model, options, bool(fp8), attention, {"width": size[0], "height": size[1]},
-                calls=lambda: [aoti.CapturedCall((), call)],
+                model, options, plan, {"width": size[0], "height": size[1]}, calls=lambda: [aoti.CapturedCall((), call)],
             )
-        optimization.apply_programs_(model, programs, options, bool(fp8))
+        optimization.apply_programs_(model, programs, options, plan)
         run = model
     else:
         if fp8:
@@ -97,7 +98,7 @@ def main() -> None:
         return
     import torch
 
-    options = compiler_options(OptimizationConfig(fp8_granularity=args.fp8 or "row"), bool(args.fp8))
+    options = compiler_options(OptimizationConfig(), args.fp8 or None)
     results = {"command": " ".join(["bench_coldstart.py", *sys.argv[1:]]), "model": args.model, "fp8": args.fp8,
                "size": args.size, "torch": torch.__version__, "inductor_configs": options,
                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)",

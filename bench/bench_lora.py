@@ -31,6 +31,7 @@ import optimization
 from bench.bench_transformer import build, environment, fp32_reference, inputs, median_ms, model_config, rel_error, sync
 from config import OptimizationConfig
 from lora import LoraFuser, LoraLibrary, keep_masters
+from plan import Plan
 
 # What FLUX LoRA trainers target by default: every attention projection and MLP linear of both block kinds.
 TARGETS = {
@@ -126,10 +127,11 @@ def main() -> None:
         model = build(config, device, torch.bfloat16)
         masters = keep_masters(model)
         options = OptimizationConfig(cache=False)
-        programs, compile_s = timed(lambda: optimization.compile_transformer(model, [aoti.CapturedCall((), call)], options, fp8))
-        optimization.apply_programs_(model, programs, options, fp8)
+        plan = Plan.assumed(options, "row" if fp8 else None)
+        programs, compile_s = timed(lambda: optimization.compile_transformer(model, [aoti.CapturedCall((), call)], options, plan))
+        optimization.apply_programs_(model, programs, options, plan)
         step = aoti.CUDAGraphs(model.forward) if device == "cuda" else model.forward
-        fuser = LoraFuser({"transformer": model}, masters, options.fp8_granularity)
+        fuser = LoraFuser({"transformer": model}, masters, plan.fp8, masters_on_gpu=device == "cuda")
         del masters
 
         def measure() -> tuple[float, torch.Tensor]:

@@ -32,6 +32,7 @@ import optimization
 from attention import set_attention_backend
 from bench.compile_phases import compile_phases
 from config import EMBEDDED_MODEL, MAX_SEQUENCE_LENGTH, OptimizationConfig
+from plan import Plan
 
 FLUX_DEV = dict(
     patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -105,6 +106,10 @@ RUNGS = {
     # Inductor benchmarks Triton templates against cuBLAS for each GEMM shape at compile time.
     "aot_fp8_row_fusedq_autotune": Rung("aot", fp8="row", fused_quant=True, inductor=(
         ("max_autotune", True), ("max_autotune_gemm_backends", "ATEN,TRITON"))),
+    # What plan.py falls back to where probes fail, with today's other defaults: the sm_100/sm_120 plan (per-tensor FP8
+    # GEMMs, bf16 SDPA: cuDNN's FP8 attention failing its probe) and the safest rung (no FP8).
+    "plan_sm120": Rung("aot", fp8="tensor", persistent_up_to=4096),
+    "plan_safest": Rung("aot", persistent_up_to=4096),
     "torch_compile": Rung("torch_compile"),
     "torch_compile_fp8": Rung("torch_compile", fp8="row"),
 }
@@ -366,7 +371,7 @@ def run_rung(
     cudagraph: bool, compile_cache: Path | None,
 ) -> None:
     config = OptimizationConfig(
-        fp8_granularity=rung.fp8 or "row", regional=rung.regional, fuse_qkv=rung.fuse_qkv, cache=False,
+        regional=rung.regional, fuse_qkv=rung.fuse_qkv, cache=False,
         fp8_fused_quantization=rung.fused_quant, fp8_fused_ff_quantization=rung.fused_ff_quant,
         fp8_attention=rung.fp8_attention, fp8_text_stream=rung.fp8_text_stream, attention_backend=rung.attention,
         inductor_configs={**inductor, **dict(rung.inductor)}, static_sizes=static_sizes,
@@ -374,6 +379,7 @@ def run_rung(
         rope_pairs_split=rung.rope_pairs_split,
     )
     attention = set_attention_backend(model, config.attention_backend)
+    plan = Plan.assumed(config, rung.fp8 or None, attention)
     extra = dict(attention=attention, fp8=rung.fp8, regional=rung.regional, static_sizes=static_sizes,
                  fused_quant=rung.fused_quant, fused_ff_quant=rung.fused_ff_quant, fp8_attention=rung.fp8_attention,
                  fp8_text_stream=rung.fp8_text_stream, persistent_up_to=rung.persistent_up_to,
@@ -401,15 +407,15 @@ def run_rung(
     static = [aoti.CapturedCall((), calls[size]) for size in config.static_resolutions]
     with compile_phases() as phases:
         dynamic = aoti.CapturedCall((), calls[example])
-        programs = optimization.compile_transformer(model, [*static, dynamic], config, bool(rung.fp8))
+        programs = optimization.compile_transformer(model, [*static, dynamic], config, plan)
     compile_s = time.perf_counter() - start  # capture, quantize, export and compile
     weights_gib = weight_bytes(model) / 2**30  # as served: FP8 where quantized; before apply moves them
-    optimization.apply_programs_(model, programs, config, bool(rung.fp8))
+    optimization.apply_programs_(model, programs, config, plan)
     flat = [p for group in programs.values() for p in group]
     # The options as compiled: a rung may override the run's, and per-tensor FP8 keeps split reductions.
     extra.update(compile_s=compile_s, programs=len(flat), package_mb=sum(len(p.package) for p in flat) / 1e6,
                  weights_gib=weights_gib, fuse_qkv=rung.fuse_qkv, compile_phases=phases,
-                 inductor_configs=optimization.compiler_options(config, bool(rung.fp8)))
+                 inductor_configs=optimization.compiler_options(config, plan.fp8))
     measure(name, model, extra)
     if cudagraph:
         measure(f"{name}+cudagraph", aoti.CUDAGraphs(model), extra)  # the app's default on the GPU

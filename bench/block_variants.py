@@ -24,6 +24,7 @@ import aoti
 import optimization
 from bench.bench_transformer import FLUX_DEV, build, inputs, kernel_profile, median_ms, model_config, quantize_fp8_like_a_user_
 from config import MAX_SEQUENCE_LENGTH, MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, OptimizationConfig
+from plan import Plan
 
 SIZES = [(1024, 1024), (1344, 768), (512, 512)]
 # The image-token axis as it was before session 7: any token count, so kernels keep their bounds masks.
@@ -103,8 +104,9 @@ def aot(dynamic=True, axes=None, **inductor):
             options = {**OptimizationConfig().inductor_configs, **inductor}
             config = OptimizationConfig(cache=False, dynamic=dynamic, inductor_configs=options)
             call = aoti.CapturedCall((), experiment.calls[1024, 1024])
-            programs = optimization.compile_transformer(model, [call], config, experiment.fp8)
-            optimization.apply_programs_(model, programs, config, experiment.fp8)
+            plan = Plan.assumed(config, "row" if experiment.fp8 else None)
+            programs = optimization.compile_transformer(model, [call], config, plan)
+            optimization.apply_programs_(model, programs, config, plan)
         finally:
             optimization.block_axes = default
         return {"double": model.transformer_blocks[0], "single": model.single_transformer_blocks[0]}

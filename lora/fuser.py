@@ -37,7 +37,8 @@ class LoraFuser:
     `roots` are the modules a LoRA may change, by the names LoRA files use ("transformer",
     "text_encoder"). `masters` (from `keep_masters`, taken before FP8 quantization) are needed
     for FP8 layers; other layers' masters are copied on first use. `fp8_granularity` is the one
-    the base weights were quantized with.
+    the base weights were quantized with (the plan's). `masters_on_gpu`: the card has room to keep
+    every master (`Plan.fits_beside`); else they stay in host memory and each write copies its layer's.
 
     What is fused is state of this process, like the weights it describes: a forked process
     (a ZeroGPU worker) inherits both together, and keeps its own from then on.
@@ -45,16 +46,18 @@ class LoraFuser:
 
     def __init__(
         self, roots: Mapping[str, torch.nn.Module], masters: Mapping[str, torch.Tensor] | None = None,
-        fp8_granularity: str = "row",
+        fp8_granularity: str | None = "row", masters_on_gpu: bool = False,
     ):
         self.slots = find_slots(roots)
         self.fp8_granularity = fp8_granularity
+        self.masters_on_gpu = masters_on_gpu
         # Masters that are not the live weight itself (without FP8 they are: copied on first use instead).
         own = {
             layer: master for layer, master in (masters or {}).items()
             if layer in self.slots and not _same_memory(master, self.slots[layer].live)
         }
-        self._masters = settle(own)  # layer -> unquantized weight, never read by a program
+        device = next((slot.live.device for slot in self.slots.values()), torch.device("cpu"))
+        self._masters = settle(own, device, masters_on_gpu)  # layer -> unquantized weight, never read by a program
         self._bias_masters: dict[str, torch.Tensor] = {}
         self._masters.update(self._fused_qkv_masters(masters or {}))
         missing = [layer for layer, slot in self.slots.items() if slot.fp8 and layer not in self._masters]
@@ -166,17 +169,18 @@ class LoraFuser:
         master = self._masters.get(slot.layer)
         if master is None:
             # The live weight still holds the base: a layer is written only after its master is taken.
-            master = _copy_to(slot.weight, master_device(slot.weight, slot.weight.nbytes), slot.rows)
-        elif master.device != slot.live.device and master_device(slot.live, master.nbytes) == slot.live.device:
+            master = _copy_to(slot.weight, master_device(slot.live.device, self.masters_on_gpu), slot.rows)
+        elif master.device != (device := master_device(slot.live.device, self.masters_on_gpu)):
             # A host master (on ZeroGPU, the main process's, inherited by this worker) moves to the GPU on first
-            # use where it fits: this process's later switches then copy nothing from the host.
-            master = _copy_to(master, slot.live.device)
+            # use where the plan leaves room: this process's later switches then copy nothing from the host.
+            master = _copy_to(master, device)
         self._masters[slot.layer] = master
         return master
 
     def _bias_master(self, slot: Slot) -> torch.Tensor:
         if slot.layer not in self._bias_masters:
-            self._bias_masters[slot.layer] = _copy_to(slot.bias, master_device(slot.bias, slot.bias.nbytes), slot.rows)
+            device = master_device(slot.bias.device, self.masters_on_gpu)
+            self._bias_masters[slot.layer] = _copy_to(slot.bias, device, slot.rows)
         return self._bias_masters[slot.layer]
 
     def _fused_qkv_masters(self, masters: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

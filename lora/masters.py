@@ -3,8 +3,11 @@
 A LoRA is always fused into these, never into live weights: FP8 weights cannot take a LoRA
 without losing precision at every switch, and restoring the base must give it back exactly.
 
-With FP8 the masters must be taken before the transformer is quantized: `keep_masters` holds on
-to the original weights (no copy) before `optimize_pipeline_`, and they outlive the swap to FP8.
+`keep_masters` holds on to the loaded weights (no copy) before the pipeline moves to the GPU and before
+`optimize_pipeline_` quantizes: they stay in host memory, so the GPU never holds the unquantized weights
+beside the FP8 ones (FLUX.1-dev: 24 GB beside 12; on a 48 GB card that would not fit). The plan says whether
+the card has room to keep them after startup (`Plan.fits_beside`): then they move to the GPU once and a LoRA
+switch copies nothing from the host; else each switch copies the layers it writes, one at a time.
 Without FP8 the compiled programs read the original weights themselves, so a layer's master is
 copied from it the first time a LoRA targets it (`LoraFuser` does that).
 """
@@ -18,11 +21,10 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 log = logging.getLogger(__name__)
 
-GPU_RESERVE = 4 << 30  # bytes of GPU memory left free for activations when masters stay on the GPU
-
 
 def keep_masters(transformer: torch.nn.Module, root: str = "transformer") -> dict[str, torch.Tensor]:
-    """References to every linear layer's weight, by prefixed layer name: call before `optimize_pipeline_`."""
+    """References to every linear layer's weight, by prefixed layer name: call before the pipeline moves to the GPU
+    and before `optimize_pipeline_`."""
     masters = {}
     for name, module in transformer.named_modules():
         if isinstance(module, torch.nn.Linear):
@@ -35,23 +37,18 @@ def keep_masters(transformer: torch.nn.Module, root: str = "transformer") -> dic
     return masters
 
 
-def master_device(tensor: torch.device | torch.Tensor, nbytes: int) -> torch.device:
-    """Where to keep `nbytes` of masters for weights on `tensor`'s device: that GPU while it has room, else host."""
-    device = tensor.device if isinstance(tensor, torch.Tensor) else torch.device(tensor)
-    if device.type != "cuda" or not torch.cuda.is_initialized():  # ZeroGPU's main process only emulates CUDA
-        return torch.device("cpu")
-    free, _ = torch.cuda.mem_get_info(device)
-    return device if free > nbytes + GPU_RESERVE else torch.device("cpu")
+def master_device(device: torch.device, on_gpu: bool) -> torch.device:
+    """Where masters of weights on `device` are kept: that GPU where the plan leaves room for them (`on_gpu`) and this
+    process really holds it (ZeroGPU's main process only emulates CUDA), else host memory."""
+    if on_gpu and device.type == "cuda" and torch.cuda.is_initialized():
+        return device
+    return torch.device("cpu")
 
 
-def settle(masters: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """`masters` moved to host memory when the GPU they are on lacks room for them (or is only emulated, as in
-    ZeroGPU's main process)."""
-    on_gpu = [t for t in masters.values() if t.device.type == "cuda"]
-    if not on_gpu:
-        return masters
-    # They are already on the GPU: what is free now is what is left beside them, so they need no more.
-    if master_device(on_gpu[0], 0) != on_gpu[0].device:
-        log.info("LoRA masters: %.1f GB moved to host memory", sum(t.nbytes for t in on_gpu) / 1e9)
-        return {name: t.to("cpu") for name, t in masters.items()}
-    return masters
+def settle(masters: dict[str, torch.Tensor], device: torch.device, on_gpu: bool) -> dict[str, torch.Tensor]:
+    """`masters` moved to `master_device(device, on_gpu)`."""
+    target = master_device(device, on_gpu)
+    moving = sum(t.nbytes for t in masters.values() if t.device != target)
+    if moving:
+        log.info("LoRA masters: %.1f GB moved to %s memory", moving / 1e9, "GPU" if target.type == "cuda" else "host")
+    return {name: t.to(target) for name, t in masters.items()}

@@ -49,6 +49,20 @@ def allow_fp8_on_cpu(patch: pytest.MonkeyPatch) -> None:
     patch.setattr(quant_api, "_check_hardware_support", lambda *args, **kwargs: None)
 
 
+def pretend_gpu(patch: pytest.MonkeyPatch, capability=(9, 0), memory_gb: float = 80, passing=None) -> None:
+    """plan.decide sees a CUDA card of `capability` (the model stays on the CPU, where torchao's FP8 then runs). The
+    probes run for real on the CPU (cuDNN's FP8 attention fails there: no CUDA device), except those named in
+    `passing`, which pass."""
+    import plan
+    import probes
+
+    allow_fp8_on_cpu(patch)
+    patch.setattr(plan, "gpu_of", lambda device: ("Test GPU", capability, int(memory_gb * 1e9)))
+    if passing:
+        real = probes.run
+        patch.setattr(probes, "run", lambda name, device, **kw: None if name in passing else real(name, device, **kw))
+
+
 @pytest.fixture
 def fp8_on_cpu(monkeypatch):
     allow_fp8_on_cpu(monkeypatch)

@@ -3,44 +3,26 @@
 import logging
 
 import pytest
-import torch
 
 import attention
 from conftest import load_transformer
 
 
-def pretend_gpu(monkeypatch, capability):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: capability is not None)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
+def test_auto_tries_fa3_first_only_where_the_plan_says_so():
+    """FA3's kernels are Hopper-only, and FP8 attention replaces SDPA's calls: plan.py decides (test_plan.py)."""
+    assert attention.candidates("auto", flash_attention_3=True) == ("_flash_3_hub", "native")
+    assert attention.candidates("auto") == ("native",)
 
 
-@pytest.mark.parametrize(
-    "capability, expected",
-    [(None, ("native",)), ((8, 0), ("native",)), ((9, 0), ("_flash_3_hub", "native")),
-     ((10, 0), ("native",))],  # FA3 is Hopper-specific
-)
-def test_auto_order_depends_on_the_card(monkeypatch, capability, expected):
-    pretend_gpu(monkeypatch, capability)
-    assert attention.candidates("auto") == expected
+def test_an_explicit_backend_is_tried_alone():
+    assert attention.candidates("_native_flash", flash_attention_3=True) == ("_native_flash",)
+    assert attention.candidates("_flash_3_hub") == ("_flash_3_hub",)  # asked for by name
 
 
-def test_sdpa_comes_first_on_hopper_when_its_calls_run_in_fp8(monkeypatch):
-    """cuDNN's FP8 attention replaces SDPA's calls; FA3 from the Hub would run in bf16."""
-    pretend_gpu(monkeypatch, (9, 0))
-    assert attention.candidates("auto", fp8_sdpa=True) == ("native",)
-    assert attention.candidates("_flash_3_hub", fp8_sdpa=True) == ("_flash_3_hub",)  # asked for by name
-
-
-def test_an_explicit_backend_is_tried_alone(monkeypatch):
-    pretend_gpu(monkeypatch, (9, 0))
-    assert attention.candidates("_native_flash") == ("_native_flash",)
-
-
-def test_fa3_from_the_hub_falls_back_to_sdpa_when_it_cannot_be_fetched(monkeypatch, caplog):
-    pretend_gpu(monkeypatch, (9, 0))
+def test_fa3_from_the_hub_falls_back_to_sdpa_when_it_cannot_be_fetched(caplog):
     transformer = load_transformer()
     with caplog.at_level(logging.INFO, logger="attention"):
-        chosen = attention.set_attention_backend(transformer, "auto")  # HF_HUB_OFFLINE=1: the download fails
+        chosen = attention.set_attention_backend(transformer, "auto", flash_attention_3=True)  # offline: no download
     assert chosen == "native"
     assert "_flash_3_hub unavailable" in caplog.text
     processor = transformer.transformer_blocks[0].attn.processor

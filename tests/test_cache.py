@@ -51,27 +51,30 @@ def test_a_miss_says_which_fields_differ(compiled_program, tmp_path, caplog):
 
 
 def test_every_compiler_relevant_option_is_in_the_key():
-    """The key's options come from the config dataclass itself: a new option cannot be left out by hand."""
+    """The key's options come from the config dataclass itself: a new option cannot be left out by hand; those the
+    plan decides are recorded as the plan decided them."""
     import dataclasses
 
     import optimization
     from config import OptimizationConfig
+    from plan import Plan
 
-    base = OptimizationConfig(fp8_granularity="row")
-    key = optimization.compiled_options(base, fp8=True, attention="native")
-    assert set(key) == {f.name for f in dataclasses.fields(OptimizationConfig)} - optimization.SERVING_OPTIONS
-    changed = {
-        "fp8_granularity": "tensor", "dynamic": False, "regional": False, "fuse_qkv": True, "static_sizes": "512x512",
-        "inductor_configs": {"epilogue_fusion": True},
-    }
+    base = OptimizationConfig()
+    plan = Plan.assumed(base, "row")
+    key = optimization.compiled_options(base, plan)
+    fields = {f.name for f in dataclasses.fields(OptimizationConfig)}
+    assert set(key) == {"plan"} | fields - optimization.SERVING_OPTIONS - optimization.PLANNED_OPTIONS
+    changed = {"dynamic": False, "regional": False, "fuse_qkv": True, "static_sizes": "512x512",
+               "inductor_configs": {"epilogue_fusion": True}}
     for name, value in changed.items():
-        other = optimization.compiled_options(dataclasses.replace(base, **{name: value}), fp8=True, attention="native")
+        other = optimization.compiled_options(dataclasses.replace(base, **{name: value}), plan)
         assert other[name] != key[name], name
     for name, value in {"aot": False, "cuda_graphs": False, "cache": False, "cache_dir": "/x", "hub_repo": "a/b"}.items():
-        assert optimization.compiled_options(dataclasses.replace(base, **{name: value}), fp8=True, attention="native") == key
+        assert optimization.compiled_options(dataclasses.replace(base, **{name: value}), plan) == key
     # What the GPU decided, not what was asked for: FP8 off on a card without it, the backend that could be set up.
-    assert optimization.compiled_options(base, fp8=False, attention="native")["fp8_granularity"] is None
-    assert optimization.compiled_options(base, fp8=True, attention="_flash_3_hub")["attention_backend"] == "_flash_3_hub"
+    for decided in (Plan.assumed(base, None), Plan.assumed(base, "tensor"), Plan.assumed(base, "row", "_flash_3_hub")):
+        assert optimization.compiled_options(base, decided)["plan"] != key["plan"]
+    assert optimization.compiled_options(dataclasses.replace(base, fail_probes="all"), plan) == key  # only through the plan
 
 
 def flip_package_byte(entry):

@@ -1,8 +1,8 @@
-"""FP8: the hardware decision, and the quantize -> export -> compile -> apply wiring on CPU.
+"""FP8: the quantize -> export -> compile -> apply wiring on CPU (the hardware decision: test_plan.py).
 
 torchao refuses FP8 without a GPU of compute capability >= 8.9; the wiring test bypasses that
-check (in this test only) so the real code path runs on CPU. Speed and GPU accuracy are measured
-by the benchmark on the GPU machine, not here.
+check (in this test only) and pretends a Hopper card for the plan, so the real code path runs on CPU.
+Speed and GPU accuracy are measured by the benchmark on the GPU machine, not here.
 """
 
 import numpy as np
@@ -12,29 +12,7 @@ import torch
 import fp8
 import optimization
 from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
-from conftest import allow_fp8_on_cpu, load_pipeline
-
-
-@pytest.mark.parametrize(
-    "available, capability, granularity, device, dtype, reason",
-    [
-        (False, None, "row", "cuda", torch.bfloat16, "no CUDA GPU"),
-        (True, (9, 0), "row", "cpu", torch.bfloat16, "transformer is on cpu"),  # a GPU machine, a model kept on CPU
-        (True, (9, 0), "row", "cuda", torch.float32, "needs bfloat16 weights"),
-        (True, (8, 6), "tensor", "cuda", torch.bfloat16, "needs (8, 9)"),
-        (True, (8, 9), "row", "cuda", torch.bfloat16, "needs (9, 0)"),
-        (True, (8, 9), "tensor", "cuda", torch.bfloat16, None),
-        (True, (8, 9), "tensor", "cuda", torch.float16, None),
-        (True, (9, 0), "row", "cuda", torch.bfloat16, None),
-        (True, (12, 0), "row", "cuda", torch.bfloat16, None),
-    ],
-)
-def test_fp8_needs_a_capable_gpu(monkeypatch, available, capability, granularity, device, dtype, reason):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: capability)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Test GPU")
-    result = fp8.fp8_unavailable(granularity, torch.device(device), dtype)
-    assert result == reason if reason is None else reason in result
+from conftest import allow_fp8_on_cpu, load_pipeline, pretend_gpu
 
 
 def generate(pipe):
@@ -51,8 +29,7 @@ def bf16_image():
 
 @pytest.mark.parametrize("regional", [True, False])
 def test_fp8_quantize_export_compile_apply(monkeypatch, bf16_image, regional):
-    allow_fp8_on_cpu(monkeypatch)
-    monkeypatch.setattr(optimization, "fp8_unavailable", lambda *args: None)
+    pretend_gpu(monkeypatch, (9, 0))
     reference = bf16_image
     pipe = load_pipeline(torch.bfloat16)
     report = optimization.optimize_pipeline_(
@@ -75,8 +52,7 @@ def test_fp8_quantize_export_compile_apply(monkeypatch, bf16_image, regional):
 
 
 def test_the_text_stream_can_stay_bf16(monkeypatch, bf16_image):
-    allow_fp8_on_cpu(monkeypatch)
-    monkeypatch.setattr(optimization, "fp8_unavailable", lambda *args: None)
+    pretend_gpu(monkeypatch, (9, 0))
     pipe = load_pipeline(torch.bfloat16)
     optimization.optimize_pipeline_(
         pipe, OptimizationConfig(fp8_granularity="row", fp8_text_stream=False, cache=False), prompt="example", width=512,

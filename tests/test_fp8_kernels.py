@@ -28,6 +28,7 @@ from fp8_kernels import (
 )
 from fp8_kernels import flux_attention as fp8_flux
 from fp8_kernels.rope_pairs import ROW_ORDER, PairAngles, half_split_order, mark_split_, split_rope_pairs_
+from plan import Plan
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton kernels need a CUDA GPU")
 
@@ -354,9 +355,10 @@ def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_c
     static_qk_calls = []
     original = fp8_flux.cudnn_fp8_attention_static_qk
     monkeypatch.setattr(fp8_flux, "cudnn_fp8_attention_static_qk", lambda *a: static_qk_calls.append(1) or original(*a))
-    programs = optimization.compile_transformer(model, [aoti.CapturedCall((), transformer_call(16, 16))], config, True)
+    plan = Plan.assumed(config, "row", "native")
+    programs = optimization.compile_transformer(model, [aoti.CapturedCall((), transformer_call(16, 16))], config, plan)
     prepared = optimization.program_weights(model, programs, config)  # as a GPU function hands them back
-    optimization.apply_programs_(model, programs, config, True)
+    optimization.apply_programs_(model, programs, config, plan)
     # One per block kind, and, with RoPE's pairs split (the processor stays), one per double block that the
     # capture of the single blocks' call runs eagerly.
     assert len(static_qk_calls) == (2 + len(model.transformer_blocks) if kernel == "cudnn_static_qk" else 0)
@@ -370,7 +372,7 @@ def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_c
             assert rel_error(model(**call)[0].float(), expected) < 1.25 * eager_error
     # A process given the prepared weights (ZeroGPU's main process) sets up the layout around them itself.
     other = tiny_transformer()
-    optimization.apply_programs_(other, programs, config, True, prepared)
+    optimization.apply_programs_(other, programs, config, plan, prepared)
     assert isinstance(other.pos_embed, PairAngles) == (kernel == "cudnn_static_qk")
     with torch.no_grad():
         assert torch.equal(other(**call)[0], model(**call)[0])
@@ -391,14 +393,17 @@ def test_mark_split_sets_up_the_layout_without_touching_weights():
 def test_the_config_offers_every_kernel():
     from config import FP8_ATTENTION
 
-    assert FP8_ATTENTION == ("off", *attention.KERNELS)
+    assert FP8_ATTENTION == ("auto", "off", *attention.KERNELS)
     with pytest.raises(ValueError, match="cudnn_static_qk"):
         OptimizationConfig(fp8_attention="flash")
 
 
 def test_fp8_options_are_part_of_the_cache_key():
     base = OptimizationConfig()
-    options = lambda config, fp8=True, attention="native": optimization.compiled_options(config, fp8, attention)  # noqa: E731
+
+    def options(config, fp8=True, attention="native"):
+        return optimization.compiled_options(config, Plan.assumed(config, "row" if fp8 else None, attention))
+
     fused = OptimizationConfig(fp8_fused_quantization=not base.fp8_fused_quantization)
     assert options(fused) != options(base)
     fused_ff = OptimizationConfig(fp8_fused_ff_quantization=not base.fp8_fused_ff_quantization)

@@ -16,7 +16,7 @@ import aoti
 import fp8
 import optimization
 from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
-from conftest import ROOT, allow_fp8_on_cpu, load_pipeline
+from conftest import ROOT, allow_fp8_on_cpu, load_pipeline, pretend_gpu
 from fp8_kernels.rope_pairs import ROW_ORDER
 from lora import HubLora, LocalLora, LoraError, LoraFuser, LoraLibrary, check_scale, keep_masters, resolve
 from lora.library import _pick_weight_file
@@ -36,10 +36,10 @@ def compiled_pipeline(dtype=torch.float32, **options):
     pipe = load_pipeline(dtype)
     masters = keep_masters(pipe.transformer)  # before optimize_pipeline_ (it would quantize with FP8)
     config = OptimizationConfig(cache=False, **options)
-    optimization.optimize_pipeline_(
+    report = optimization.optimize_pipeline_(
         pipe, config, prompt="example", width=512, height=512, num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
     )
-    fuser = LoraFuser({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}, masters, config.fp8_granularity)
+    fuser = LoraFuser({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}, masters, report.plan.fp8)
     return pipe, fuser
 
 
@@ -278,8 +278,7 @@ def test_requantizing_a_master_gives_the_base_fp8_weight_bit_for_bit(monkeypatch
 @pytest.fixture(scope="module")
 def fp8_compiled():
     with pytest.MonkeyPatch.context() as patch:
-        allow_fp8_on_cpu(patch)
-        patch.setattr(optimization, "fp8_unavailable", lambda *args: None)
+        pretend_gpu(patch, (9, 0))
         return compiled_pipeline(torch.bfloat16, fp8_granularity="row")  # patched only while compiling
 
 
@@ -311,8 +310,7 @@ def test_fp8_layers_get_the_quantized_sum_of_master_and_lora_and_back(fp8_compil
 
 
 def test_a_bf16_text_stream_in_fp8_blocks_takes_the_lora_too(library, monkeypatch):
-    allow_fp8_on_cpu(monkeypatch)
-    monkeypatch.setattr(optimization, "fp8_unavailable", lambda *args: None)
+    pretend_gpu(monkeypatch, (9, 0))
     pipe, fuser = compiled_pipeline(torch.bfloat16, fp8_granularity="row", fp8_text_stream=False)
     text, image = fuser.slots["transformer.transformer_blocks.0.attn.add_q_proj"], fuser.slots[
         "transformer.transformer_blocks.0.attn.to_q"]
@@ -331,9 +329,7 @@ def test_a_bf16_text_stream_in_fp8_blocks_takes_the_lora_too(library, monkeypatc
 def test_q_and_k_stored_with_rope_pairs_split_take_the_lora_in_their_row_order(library, monkeypatch):
     """With the static-q/k FP8 attention, q and k's projection rows are stored permuted (fp8_kernels/rope_pairs.py):
     the LoRA is fused in the layer's own order, then stored in theirs."""
-    allow_fp8_on_cpu(monkeypatch)
-    monkeypatch.setattr(optimization, "fp8_unavailable", lambda *args: None)
-    monkeypatch.setattr(optimization, "cudnn_unavailable", lambda *args: None)  # the FP8 attention op's torch path
+    pretend_gpu(monkeypatch, (9, 0), passing={"fp8_attention"})  # the FP8 attention op's torch path
     pipe, fuser = compiled_pipeline(torch.bfloat16, fp8_granularity="row", fp8_attention="cudnn_static_qk")
     split = [slot for slot in fuser.slots.values() if slot.rows is not None]
     assert {slot.layer.rsplit(".", 1)[1] for slot in split} == {"to_q", "to_k", "add_q_proj", "add_k_proj"}

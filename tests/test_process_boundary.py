@@ -10,6 +10,7 @@ import torch
 import aoti
 from config import MAX_SEQUENCE_LENGTH
 from conftest import load_pipeline, load_transformer, rel_error
+from plan import Plan
 
 
 def run_in_child(programs_bytes, kwargs):
@@ -34,7 +35,7 @@ def run_regional_in_child(programs_bytes, kwargs):
     from optimization import apply_programs_
 
     transformer = load_transformer()
-    apply_programs_(transformer, pickle.loads(programs_bytes), OptimizationConfig(), fp8=False)
+    apply_programs_(transformer, pickle.loads(programs_bytes), OptimizationConfig(), Plan.assumed(OptimizationConfig(), None))
     with torch.no_grad():
         return transformer(**kwargs)[0]
 
@@ -44,7 +45,8 @@ def test_regional_programs_cross_to_a_fresh_process(captured_call, call_for):
     from config import OptimizationConfig
     from optimization import compile_transformer
 
-    programs = compile_transformer(load_transformer(), [captured_call], OptimizationConfig(), fp8=False)
+    config = OptimizationConfig()
+    programs = compile_transformer(load_transformer(), [captured_call], config, Plan.assumed(config, None))
     payload = pickle.dumps(programs)
     assert len(payload) < sum(len(p.package) for group in programs.values() for p in group) + 200_000  # no weights
     kwargs = call_for(384, 640, seed=12)

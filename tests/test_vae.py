@@ -7,6 +7,7 @@ from diffusers import AutoencoderKL
 import optimization
 import vae
 from config import EMBEDDED_MODEL, OptimizationConfig
+from plan import Plan
 
 
 def load_vae() -> AutoencoderKL:
@@ -78,4 +79,5 @@ def test_a_second_start_loads_the_decoder_from_the_cache(tmp_path):
 def test_switching_the_decoder_off_keeps_the_transformers_programs():
     """AOTI_VAE is not part of the transformer's cache key: its programs stay valid either way."""
     on, off = OptimizationConfig(), OptimizationConfig(vae_decoder=False)
-    assert optimization.compiled_options(on, True, "native") == optimization.compiled_options(off, True, "native")
+    plan = Plan.assumed(on, "row")
+    assert optimization.compiled_options(on, plan) == optimization.compiled_options(off, plan)
