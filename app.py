@@ -24,6 +24,7 @@ with startup.stage("import", startup_seconds):
     from diffusers import FluxPipeline
 
     import config as cfg
+    from duration import Reservation
     from lora import SCALE_RANGE, LoraError, LoraFuser, LoraLibrary, check_scale, keep_masters, local_names
     from optimization import optimize_pipeline_
 
@@ -34,7 +35,7 @@ CONFIG = cfg.from_env()
 
 
 def load_pipeline(config: cfg.AppConfig) -> FluxPipeline:
-    """The pipeline named by FLUX_MODEL, on its device; SystemExit with the fix if it cannot load.
+    """The pipeline named by FLUX_MODEL, in host memory; SystemExit with the fix if it cannot load.
 
     In front of Ray Serve replicas (serve.py), only its tokenizers: the replicas hold the models.
     """
@@ -51,25 +52,28 @@ def load_pipeline(config: cfg.AppConfig) -> FluxPipeline:
             f"- or run without a GPU (or with FLUX_MODEL={cfg.EMBEDDED_MODEL}) to use the embedded tiny model."
         ) from error
     pipeline.set_progress_bar_config(desc="denoising")
-    return pipeline if config.ray_serve else pipeline.to(config.device)
+    return pipeline
 
 
 log.info("loading %s on %s", CONFIG.model, "Ray Serve replicas" if CONFIG.ray_serve else CONFIG.device)
 with startup.stage("load", startup_seconds):
     pipe = load_pipeline(CONFIG)
+    # LoRAs are fused into the weights the compiled programs read, from unquantized masters: the loaded weights,
+    # kept in host memory before the pipeline moves (lora/masters.py). In front of Ray Serve replicas, each replica
+    # does this; here LoRAs are only checked.
+    masters = keep_masters(pipe.transformer) if CONFIG.lora and not CONFIG.ray_serve else None
     if CONFIG.ray_serve:
         from serve import Replicas  # Ray is imported only here: it is not a dependency of the Space
 
         REPLICAS = Replicas.connect(CONFIG.serve)  # once a replica has loaded and optimized the pipeline
+    else:
+        pipe.to(CONFIG.device)
 TRANSFORMER_CONFIG = REPLICAS.transformer_config if CONFIG.ray_serve else pipe.transformer.config
 MODEL = cfg.model_defaults(TRANSFORMER_CONFIG)  # FLUX.1-dev-like (guidance input) or schnell-like
 STEPS = CONFIG.steps_for(MODEL)
 
 # Optimize ----------------------------------------------------------------------------------------
 
-# LoRAs are fused into the weights the compiled programs read, from unquantized masters kept before FP8.
-# In front of Ray Serve replicas, each replica does this; here LoRAs are only checked.
-masters = keep_masters(pipe.transformer) if CONFIG.lora and not CONFIG.ray_serve else None
 report = REPLICAS.report if CONFIG.ray_serve else optimize_pipeline_(
     pipe,
     CONFIG.optimization,
@@ -82,13 +86,16 @@ report = REPLICAS.report if CONFIG.ray_serve else optimize_pipeline_(
 if not CONFIG.ray_serve:  # else a replica optimized, not this process
     startup_seconds["optimize"] = report.seconds
 LORAS = LoraLibrary(CONFIG.lora_dir, CONFIG.lora_cache) if CONFIG.lora else None
-FUSER = (
-    LoraFuser({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}, masters, CONFIG.optimization.fp8_granularity)
-    if masters is not None else None
-)
-del masters  # the fuser holds what it needs (on ZeroGPU, as host copies)
+FUSER = LoraFuser(
+    {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}, masters, report.plan and report.plan.fp8,
+    masters_on_gpu=bool(report.plan) and report.plan.fits_beside(
+        sum(m.nbytes for m in masters.values()), cfg.MAX_SIZE**2),  # the largest request the UI offers
+) if masters is not None else None
+del masters  # the fuser holds what it needs
 if CONFIG.ray_serve:
     device_name = f"Ray Serve replicas ({REPLICAS.device_name})"
+elif report.plan:  # the card the GPU function saw: on ZeroGPU this process only emulates one
+    device_name = report.plan.device
 else:
     device_name = torch.cuda.get_device_name() if CONFIG.device.startswith("cuda") else "CPU"
 MODEL_NAME = "embedded tiny FLUX (random weights)" if CONFIG.embedded else CONFIG.model
@@ -166,13 +173,15 @@ def _lora(name: Any, scale: Any) -> tuple[str, float]:
     return (lora.name if lora else ""), scale
 
 
+RESERVATION = Reservation(TRANSFORMER_CONFIG, MODEL.max_sequence_length)  # learns from each request (`infer`)
+
+
 def gpu_seconds(
     prompt: str, seed: int, width: int, height: int, guidance: float, steps: int, lora: str, lora_scale: float
 ) -> int:
-    """ZeroGPU time to reserve: about 0.3 s per step per 1024x1024 image on an H200, plus a margin for the rest
-    (fork, the weights' move, a LoRA switch)."""
-    megapixels = max(width * height, 1024 * 1024) / (1024 * 1024)
-    return int(10 + steps * 0.3 * megapixels**1.2)
+    """ZeroGPU time to reserve: from the steps, fixed costs and LoRA switches measured on this card so far, from a
+    conservative prior before the first request (duration.py); one log line says which."""
+    return RESERVATION.seconds(width, height, steps, lora)
 
 
 @spaces.GPU(duration=gpu_seconds)
@@ -189,6 +198,8 @@ def generate(
         return tensors
 
     start = time.perf_counter()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
     # Held until the image is made: no other request's LoRA can be fused in between.
     with FUSER.applied(LORAS.load(lora), lora_scale) if FUSER else contextlib.nullcontext():
         fused = time.perf_counter()
@@ -205,7 +216,8 @@ def generate(
     # The first step also pays for text encoding; later steps are the transformer's steady state.
     per_step = (step_ends[-1] - step_ends[0]) / (steps - 1) if steps > 1 else step_ends[0] - fused
     timing = {"steps": steps, "seconds_per_step": per_step, "seconds": time.perf_counter() - start, "size": f"{width}x{height}",
-              "lora": lora, "lora_scale": lora_scale, "lora_seconds": fused - start}
+              "lora": lora, "lora_scale": lora_scale, "lora_seconds": fused - start,
+              "gpu_peak_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else 0}
     return image, timing
 
 
@@ -255,7 +267,13 @@ def infer(
         log.info("%s", warning)
     if randomize_seed:
         seed = random.randint(0, cfg.MAX_SEED)
-    image, timing = generate(prompt, seed, width, height, guidance, steps, lora, lora_scale)
+    started = RESERVATION.clock()
+    try:
+        image, timing = generate(prompt, seed, width, height, guidance, steps, lora, lora_scale)
+    except Exception:  # on ZeroGPU, perhaps aborted at its reservation: the next one must not be as short
+        RESERVATION.record(width, height, steps, lora, RESERVATION.clock() - started, timing=None)
+        raise
+    RESERVATION.record(width, height, steps, lora, RESERVATION.clock() - started, timing)
     settings = settings_of(prompt, seed, width, height, guidance, steps, lora, lora_scale, warning)
     image.info.update(settings)  # Gradio keeps them in the PNG
     return image, seed, timing  # the timing goes to the UI's status line (gr.State), not to API callers

@@ -13,7 +13,11 @@ starts from a freshly built pipeline in the same process:
   torch_compile_fp8  the best a user does by hand: torchao FP8 per row with its defaults, then
                      `transformer.compile(fullgraph=True)` (its compile is in the first image);
   aot_eager_vae      `aot` with the VAE decoder left eager (AOTI_VAE=0). Results named `aot_vae` are
-                     older: the decoder compiled by torch.compile on top of `aot`.
+                     older: the decoder compiled by torch.compile on top of `aot`;
+  aot_sm120          `aot` with the probes of per-row FP8 and of the FP8 attention made to fail
+                     (AOTI_FAIL_PROBES): the plan a Blackwell card (sm_100, sm_120) runs, per-tensor FP8 GEMMs
+                     and bf16 SDPA, measured on this card;
+  aot_safest         `aot` with every probe failing: no FP8, the rung of a card the plan does not know.
 Per workload (28 steps at 1024x1024, 4 steps at 512x512): the median of --images images, split into
 text encoders, denoising and VAE decode, and the output's error against eager's image (same seed).
 """
@@ -48,7 +52,8 @@ FLUX_SCHEDULER = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_
                       base_image_seq_len=256, max_image_seq_len=4096)
 WORKLOADS = {"1024x1024x28": (1024, 1024, 28), "512x512x4": (512, 512, 4)}
 PROMPT = "a tiny astronaut hatching from an egg on the moon"
-VARIANTS = ("eager", "aot", "torch_compile_fp8", "aot_eager_vae")
+VARIANTS = ("eager", "aot", "torch_compile_fp8", "aot_eager_vae", "aot_sm120", "aot_safest")
+FAILING_PROBES = {"aot_sm120": "fp8_row,fp8_attention", "aot_safest": "all"}
 
 
 def build_pipeline(model: str) -> FluxPipeline:
@@ -114,12 +119,13 @@ class Split:
 def optimize(pipe: FluxPipeline, variant: str, width: int, height: int) -> dict:
     start = time.perf_counter()
     info: dict = {}
-    if variant in ("aot", "aot_eager_vae"):
+    if variant.startswith("aot"):
         # The program cache is on: a second AoT variant in the same run loads what the first compiled.
-        config = OptimizationConfig(vae_decoder=variant == "aot")
+        config = OptimizationConfig(vae_decoder=variant != "aot_eager_vae", fail_probes=FAILING_PROBES.get(variant, ""))
         report = optimization.optimize_pipeline_(pipe, config, prompt="example", width=width, height=height,
                                                  num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH)
-        info.update(report=report.summary(), stages=report.stages)
+        info.update(report=report.summary(), stages=report.stages, plan=report.plan.summary(),
+                    probe_seconds=report.plan.probe_seconds)
     if variant == "torch_compile_fp8":
         quantize_fp8_like_a_user_(pipe.transformer, "row")
         pipe.transformer.compile(fullgraph=True)

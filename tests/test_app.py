@@ -42,7 +42,7 @@ def test_status_reports_the_compiled_transformer(app):
 def test_report_times_each_optimization_stage(app):
     compiled = set() if app.report.cached else {"capture", "export", "compile"}
     compiled = compiled | {f"VAE decoder {name}" for name in compiled}
-    expected = {"cache lookup", "VAE decoder cache lookup", "apply"} | compiled  # quantize: FP8 GPUs only
+    expected = {"plan", "cache lookup", "VAE decoder cache lookup", "apply"} | compiled  # quantize: FP8 GPUs only
     assert set(app.report.stages) == expected
     assert all(seconds >= 0 for seconds in app.report.stages.values())
 

@@ -233,3 +233,12 @@ def test_the_blackwell_plan_compiles_serves_and_takes_loras(monkeypatch, caplog)
         assert np.abs(generate(pipe) - image).max() > 0.01
     with fuser.applied(None):
         assert np.array_equal(generate(pipe), image)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the probes on a real card")
+def test_on_this_card_its_rows_fast_paths_pass_their_probes():
+    transformer = load_transformer(torch.bfloat16).cuda()
+    plan = hardware.decide(OptimizationConfig(), transformer)
+    arch = hardware.architecture(torch.cuda.get_device_capability())
+    assert plan.fp8 == arch.fp8 and not [line for line in plan.steps_down if "failed" in line], plan.steps_down
+    print(plan.summary(), plan.probe_seconds)
