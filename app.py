@@ -24,7 +24,7 @@ with startup.stage("import", startup_seconds):
     from diffusers import FluxPipeline
 
     import config as cfg
-    from duration import Reservation
+    from duration import Reservation, zerogpu_duration_factor
     from lora import SCALE_RANGE, LoraError, LoraFuser, LoraLibrary, check_scale, keep_masters, local_names
     from optimization import optimize_pipeline_
 
@@ -77,6 +77,7 @@ STEPS = CONFIG.steps_for(MODEL)
 report = REPLICAS.report if CONFIG.ray_serve else optimize_pipeline_(
     pipe,
     CONFIG.optimization,
+    gpu_size=CONFIG.zerogpu_size or None,
     prompt="a photo of an astronaut riding a horse",
     width=CONFIG.default_size,
     height=CONFIG.default_size,
@@ -173,7 +174,9 @@ def _lora(name: Any, scale: Any) -> tuple[str, float]:
     return (lora.name if lora else ""), scale
 
 
-RESERVATION = Reservation(TRANSFORMER_CONFIG, MODEL.max_sequence_length)  # learns from each request (`infer`)
+# Learns from each request (`infer`); ZeroGPU scales what is asked for by its card's factor.
+RESERVATION = Reservation(TRANSFORMER_CONFIG, MODEL.max_sequence_length,
+                          platform_factor=zerogpu_duration_factor(CONFIG.zerogpu_size or None))
 
 
 def gpu_seconds(
@@ -184,7 +187,7 @@ def gpu_seconds(
     return RESERVATION.seconds(width, height, steps, lora)
 
 
-@spaces.GPU(duration=gpu_seconds)
+@spaces.GPU(duration=gpu_seconds, size=CONFIG.zerogpu_size or None)
 def generate(
     prompt: str, seed: int, width: int, height: int, guidance: float, steps: int, lora: str, lora_scale: float
 ) -> tuple[Any, dict]:

@@ -174,6 +174,9 @@ class AppConfig:
     default_size: int = 1024
     queue_size: int = field(default=20, metadata=env("FLUX_QUEUE_SIZE"))  # waiting requests beyond this get "busy"
     mcp_server: bool = field(default=False, metadata=env("FLUX_MCP_SERVER"))  # also serve /infer as an MCP tool
+    # ZeroGPU's GPU size: "", its default: `large` (half an RTX Pro 6000, 48 GB) unless the weights spaces packs at
+    # launch exceed its threshold (42 GiB), then `xlarge` (the whole card, 96 GB, twice the quota); or either by name.
+    zerogpu_size: str = field(default="", metadata=env("FLUX_ZEROGPU_SIZE"))
     # LoRAs per request, fused into the compiled weights; keeps an unquantized copy of the transformer's linear layers.
     lora: bool = field(default=True, metadata=env("FLUX_LORA"))
     lora_dir: str = field(default=str(ROOT / "loras"), metadata=env("FLUX_LORA_DIR"))  # the Space's own LoRAs
@@ -185,6 +188,10 @@ class AppConfig:
     ray_serve: bool = field(default=False, metadata=env("FLUX_RAY_SERVE"))
     optimization: OptimizationConfig = OptimizationConfig()
     serve: ServeConfig = ServeConfig()
+
+    def __post_init__(self) -> None:
+        if self.zerogpu_size not in ("", "large", "xlarge"):
+            raise ValueError(f"FLUX_ZEROGPU_SIZE must be 'large' or 'xlarge', got {self.zerogpu_size!r}")
 
     @property
     def embedded(self) -> bool:

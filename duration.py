@@ -90,6 +90,23 @@ def step_flops(config: Mapping[str, Any], image_tokens: int, text_tokens: int) -
     return float(linear), float(attention)
 
 
+def zerogpu_duration_factor(size: str | None) -> float:
+    """What ZeroGPU multiplies a call's requested duration by: spaces scales a `large` call by its card's factor (1.5
+    on the RTX Pro 6000 Blackwell, 1.0 on the H200: spaces/zero/configs.json, `get_duration_seconds` in
+    spaces/zero/client.py), meant for durations written for an H200. Ours are measured on the card itself, so they
+    are divided by it. 1.0 off ZeroGPU, for `xlarge`, or where spaces' internals are not as read."""
+    try:
+        from spaces.config import Config
+
+        if not Config.zero_gpu or size == "xlarge":
+            return 1.0
+        from spaces.zero import config as zero_config
+
+        return float(zero_config.get_config()["duration_factor"])
+    except Exception:  # another spaces version: reserve what was measured, unscaled
+        return 1.0
+
+
 def image_tokens(width: int, height: int) -> int:
     return (width // PIXELS_PER_TOKEN) * (height // PIXELS_PER_TOKEN)
 
@@ -135,11 +152,13 @@ class Reservation:
         min_fixed: float = FRESH_WORKER_SECONDS,
         min_seconds: int = MIN_SECONDS,
         max_seconds: int = MAX_SECONDS,
+        platform_factor: float = 1.0,
     ):
         self.config = dict(transformer_config)
         self.text_tokens = text_tokens  # the model's max_sequence_length: prompts are padded to it
         self.clock = clock  # the caller times `generate` with it
         self.margin, self.min_fixed, self.min_seconds, self.max_seconds = margin, min_fixed, min_seconds, max_seconds
+        self.platform_factor = platform_factor  # ZeroGPU's scaling of what is asked for (`zerogpu_duration_factor`)
         self._lock = threading.Lock()
         self._steps: deque[tuple[int, float]] = deque(maxlen=STEP_WINDOW)  # (image tokens, seconds per step)
         self._fixed: deque[float] = deque(maxlen=FIXED_WINDOW)
@@ -165,7 +184,9 @@ class Reservation:
             measured = (bool(self._steps), bool(self._fixed), bool(self._lora_switches))
         per_step = step * self.flops(image_tokens(width, height)) / self.flops(step_tokens)
         need = fixed + (switch if lora else 0.0) + steps * per_step
-        seconds = min(max(math.ceil(self.margin * need), self.min_seconds), self.max_seconds)
+        # The platform scales what is asked for, and its maximum holds for the scaled duration.
+        factor = self.platform_factor
+        seconds = min(max(math.ceil(self.margin * need / factor), self.min_seconds), math.floor(self.max_seconds / factor))
         return Estimate(seconds, width, height, steps, bool(lora), step, step_tokens, fixed, switch, measured)
 
     def seconds(self, width: int, height: int, steps: int, lora: str | bool) -> int:

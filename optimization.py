@@ -319,8 +319,11 @@ def packages(compiled: Compiled) -> list[aoti.CompiledProgram]:
     return [p for group in compiled.programs.values() for p in group] + (compiled.decoder or [])
 
 
-def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **example_call: Any) -> OptimizationReport:
-    """AoT-compile `pipeline.transformer` (and its VAE decoder) in place; `example_call` is one pipeline call's kwargs."""
+def optimize_pipeline_(
+    pipeline: FluxPipeline, config: OptimizationConfig, gpu_size: str | None = None, **example_call: Any
+) -> OptimizationReport:
+    """AoT-compile `pipeline.transformer` (and its VAE decoder) in place; `example_call` is one pipeline call's kwargs,
+    `gpu_size` the ZeroGPU size to compile on (None: ZeroGPU's default)."""
     transformer = pipeline.transformer
     dtype = str(transformer.dtype).removeprefix("torch.")
     if not config.aot:
@@ -350,7 +353,7 @@ def optimize_pipeline_(pipeline: FluxPipeline, config: OptimizationConfig, **exa
             yield capture(width=width, height=height)
         yield capture()  # the dynamic graph's, at the example's size
 
-    @spaces.GPU(duration=1500)  # a full FLUX.1-dev compile takes minutes
+    @spaces.GPU(duration=1500, size=gpu_size)  # a full FLUX.1-dev compile takes minutes
     def compile_on_gpu() -> Compiled:
         times: dict[str, float] = {}
         with stage("plan", times):  # here, where the real card is visible

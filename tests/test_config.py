@@ -63,3 +63,10 @@ def test_persistent_rows_reduce_wider_rows_in_one_pass():
             out, code = run_and_get_code(torch.compile(layer_norm), x)
         assert kind in "".join(code)
         torch.testing.assert_close(out, expected)
+
+
+def test_the_zerogpu_size_is_a_setting():
+    assert config.from_env({}, cuda=True).zerogpu_size == ""  # ZeroGPU's default: large unless the weights are too big
+    assert config.from_env({"FLUX_ZEROGPU_SIZE": "xlarge"}, cuda=True).zerogpu_size == "xlarge"
+    with pytest.raises(ValueError, match="FLUX_ZEROGPU_SIZE must be 'large' or 'xlarge', got 'huge'"):
+        config.from_env({"FLUX_ZEROGPU_SIZE": "huge"}, cuda=True)

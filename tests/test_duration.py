@@ -189,3 +189,24 @@ def test_concurrent_requests_record_and_reserve_at_once():
     assert errors == []
     fixed = r.estimate(1024, 1024, 28, "").fixed
     assert any(fixed == pytest.approx(10.0 + i) for i in range(8))
+
+
+def test_zerogpus_own_scaling_is_divided_out_and_its_maximum_kept():
+    """spaces multiplies a `large` call's duration by its card's factor (1.5 on the RTX Pro 6000): what is asked
+    for is the measured need over that factor, and the factor times it stays within ZeroGPU's maximum."""
+    plain, scaled = Reservation(FLUX_DEV, 512), Reservation(FLUX_DEV, 512, platform_factor=1.5)
+    assert scaled.seconds(1024, 1024, 28, "") == pytest.approx(plain.seconds(1024, 1024, 28, "") / 1.5, abs=1)
+    assert scaled.seconds(2048, 2048, 50, "") * 1.5 <= duration.MAX_SECONDS < plain.seconds(2048, 2048, 50, "") * 1.5
+
+
+def test_the_factor_is_read_from_spaces_only_on_zerogpu(monkeypatch):
+    from spaces.config import Config
+    from spaces.zero import config as zero_config
+
+    assert duration.zerogpu_duration_factor(None) == 1.0  # spaces off: nothing scales the request
+    monkeypatch.setattr(Config, "zero_gpu", True)
+    monkeypatch.setattr(zero_config, "get_config", lambda: {"duration_factor": 1.5})
+    assert duration.zerogpu_duration_factor(None) == 1.5 and duration.zerogpu_duration_factor("large") == 1.5
+    assert duration.zerogpu_duration_factor("xlarge") == 1.0  # spaces scales `large` calls only
+    monkeypatch.setattr(zero_config, "get_config", lambda: {})  # another spaces: the measured need, unscaled
+    assert duration.zerogpu_duration_factor(None) == 1.0
