@@ -172,14 +172,13 @@ def compiled_options(config: OptimizationConfig, plan: Plan) -> dict[str, Any]:
     listed in SERVING_OPTIONS or PLANNED_OPTIONS.
     """
     decided = {
-        "plan": plan.as_key(),
         "fp8_text_stream": config.fp8_text_stream if plan.fp8 else None,
         "dynamic": asdict(IMAGE_SEQ) if config.dynamic else None,  # range and step of the image tokens
         "static_sizes": config.static_resolutions,
         "inductor_configs": compiler_options(config, plan.fp8),
     }
     options = [f.name for f in fields(config) if f.name not in SERVING_OPTIONS | PLANNED_OPTIONS]
-    return {"plan": decided["plan"], **{name: decided.get(name, getattr(config, name)) for name in options}}
+    return {"plan": plan.as_key(), **{name: decided.get(name, getattr(config, name)) for name in options}}
 
 
 def fingerprint(transformer: torch.nn.Module, config: OptimizationConfig, example_call: dict, plan: Plan) -> dict:

@@ -122,11 +122,12 @@ def test_the_serving_process_binds_the_weights_the_gpu_function_prepared(monkeyp
     process binds the weights prepared there (fused QKV here, FP8 on a GPU) and never prepares its own copy.
     The attention backend chosen there is set up here too (a Hub kernel's ops exist only where it was loaded)."""
     import optimization
+    import plan
     from config import OptimizationConfig
 
     inside = []  # non-empty while the GPU function runs
 
-    def gpu(duration=None):
+    def gpu(duration=None, size=None):
         def wrap(fn):
             def run(*args, **kwargs):
                 inside.append(True)
@@ -142,8 +143,9 @@ def test_the_serving_process_binds_the_weights_the_gpu_function_prepared(monkeyp
     prepare, set_backend = optimization.prepare_transformer_, optimization.set_attention_backend
     monkeypatch.setattr(optimization.spaces, "GPU", gpu)
     monkeypatch.setattr(optimization, "prepare_transformer_", lambda *a: prepared.append(bool(inside)) or prepare(*a))
-    monkeypatch.setattr(optimization, "set_attention_backend",
-                        lambda module, name, *a: backends.append((bool(inside), name)) or set_backend(module, name, *a))
+    for module in (optimization, plan):  # the plan sets it in the GPU function, optimization again outside
+        monkeypatch.setattr(module, "set_attention_backend",
+                            lambda m, name, *a, **k: backends.append((bool(inside), name)) or set_backend(m, name, *a, **k))
     pipe = load_pipeline()
     optimization.optimize_pipeline_(
         pipe, OptimizationConfig(fuse_qkv=True, cache=False), prompt="a cat", width=256, height=256,
