@@ -39,10 +39,6 @@ PIPELINE_DEFAULT = RESULTS / "pipeline-h200" / "eager-aot-rope-pairs-split.json"
 VAE = sorted((RESULTS / "vae-h200").glob("*.json"))
 LORA = RESULTS / "lora-h200" / "ranks-16-64-128.json"
 SERVE = sorted((RESULTS / "serve-h200").glob("*.json"))
-# The plans a card can get (plan.py), forced on one card by failing probes: bench_pipeline's aot, aot_sm120, aot_safest.
-PLANS = RESULTS / "plans-h100" / "pipeline.json"
-PLAN_NAMES = {"aot": "Hopper's (the default here)", "aot_sm120": "Blackwell's (sm_100, sm_120)",
-              "aot_safest": "a card not in the table"}
 PAGES = (ROOT / "bench" / "README.md", ROOT / "README.md")
 SIZES = ("1024x1024", "1344x768", "768x1344", "512x512")
 # The per-size table; "+cudagraph" rows are the app's default on the GPU.
@@ -282,28 +278,6 @@ def render_pipeline_summary(paths: list[Path], default: Path) -> str:
             f"| {workload_label(aot[0])} | {span([r['seconds'] for r in eager], '.2f')} s | {cell(compiled)} | {cell(aot)} | "
             f"{span([r['images_per_minute'] for r in eager], '.0f')} -> {span([r['images_per_minute'] for r in aot], '.0f')} |"
         )
-    return "\n".join(lines)
-
-
-def render_plans(path: Path) -> str:
-    """README.md's ZeroGPU section: each plan's seconds per image and error against eager, all on one card."""
-    rows = pipeline_rows([path])
-    run = rows[0]["run"]
-    workloads = list(dict.fromkeys(r["workload"] for r in rows))
-    lines = ["| plan, forced by failing probes | runs | " + " | ".join(workload_label(r) for r in rows[:len(workloads)])
-             + " | error vs eager |", "|---|---|" + "---:|" * (len(workloads) + 1)]
-    for variant in dict.fromkeys(r["variant"] for r in rows):
-        found = {r["workload"]: r for r in rows if r["variant"] == variant}
-        plan = run["variants"][variant].get("plan", "")
-        runs = "eager bf16" if variant == "eager" else plan.split(": ", 1)[1].split("; stepped")[0]
-        cells = [f"{found[w]['seconds']:.2f} s" + (f" ({speedup(found[w])})" if variant != "eager" else "") for w in workloads]
-        errors = [found[w].get("rel_error_vs_eager") for w in workloads if found[w].get("rel_error_vs_eager") is not None]
-        lines.append(f"| {PLAN_NAMES.get(variant, variant)} | {runs} | {' | '.join(cells)} | "
-                     f"{span(errors, '.1e') if errors else '-'} |")
-    probes = run["variants"]["aot"].get("probe_seconds") or {}
-    lines += ["", f"{versions(run['env'])}; FLUX.1-dev's configuration, random weights; "
-              f"`{command(run['env']['command'], path)}`. The default's probes took {sum(probes.values()):.2f} s at startup "
-              f"({', '.join(f'{name} {seconds:.2f} s' for name, seconds in probes.items())})."]
     return "\n".join(lines)
 
 
@@ -565,7 +539,6 @@ def sections() -> dict[str, str]:
         "zerogpu": render_zerogpu(ZEROGPU),
         "zerogpu-lora": render_zerogpu_requests(ZEROGPU_LORA),
         "serve": render_serve(SERVE),
-        **({"plans": render_plans(PLANS)} if PLANS.exists() else {}),
     }
 
 

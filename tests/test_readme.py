@@ -13,7 +13,7 @@ SECTIONS = ["Duplicate this Space", "Two commands", "Call it from a program", "S
 
 
 def test_readme_is_short_and_in_the_order_a_space_author_needs():
-    assert len(README.encode()) <= 12_000
+    assert len(README.encode()) <= 13_000  # the ZeroGPU hardware section (plan, probes, what is verified) takes a KB
     assert re.findall(r"^## (.+)$", README, flags=re.M) == SECTIONS
 
 
