@@ -24,7 +24,7 @@ with startup.stage("import", startup_seconds):
     from diffusers import FluxPipeline
 
     import config as cfg
-    from duration import Reservation, zerogpu_duration_factor
+    from duration import Reservation, zerogpu_duration_factor, zerogpu_size_at_launch
     from lora import SCALE_RANGE, LoraError, LoraFuser, LoraLibrary, check_scale, keep_masters, local_names
     from optimization import optimize_pipeline_
 
@@ -418,6 +418,8 @@ with gr.Blocks(title="FLUX, AoT-compiled") as demo:
 demo.queue(default_concurrency_limit=REPLICAS.capacity if CONFIG.ray_serve else 1, max_size=CONFIG.queue_size)
 
 if __name__ == "__main__":
+    if size := zerogpu_size_at_launch(CONFIG.zerogpu_size or None):
+        log.info("%s", size)
     # 127.0.0.1 locally; Spaces set GRADIO_SERVER_NAME=0.0.0.0. On ZeroGPU, launch also packs the weights for the workers.
     with startup.stage("launch", startup_seconds):
         demo.launch(css=CSS, mcp_server=CONFIG.mcp_server, prevent_thread_lock=True)

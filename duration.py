@@ -107,6 +107,32 @@ def zerogpu_duration_factor(size: str | None) -> float:
         return 1.0
 
 
+def zerogpu_size_at_launch(requested: str | None) -> str | None:
+    """Which ZeroGPU size this Space's calls will get, from the weights spaces packs at launch, as one log line; None
+    off ZeroGPU. spaces moves a Space whose packed weights pass its card's threshold to `xlarge` by itself
+    (`startup` in spaces/zero/__init__.py; 42 GiB on the RTX Pro 6000), and an `xlarge` call costs twice the quota."""
+    try:
+        from spaces.config import Config
+
+        if not Config.zero_gpu:
+            return None
+        from spaces.zero import config as zero_config
+        from spaces.zero import torch as zero_torch
+
+        packed, threshold = zero_torch.size(), zero_config.get_config()["xlarge_threshold"]
+    except Exception:  # another spaces version: nothing to say
+        return None
+    weights = f"{packed / 1e9:.1f} GB of weights to pack"
+    if requested:
+        return f"ZeroGPU: {weights}; every call asks for `{requested}` (FLUX_ZEROGPU_SIZE)"
+    if threshold is None:
+        return f"ZeroGPU: {weights}; this card has one size"
+    if packed > threshold:
+        return (f"ZeroGPU: {weights}, over the {threshold / 1e9:.1f} GB that fit `large`: spaces runs every call on `xlarge`, "
+                "at twice the quota")
+    return f"ZeroGPU: {weights}, within the {threshold / 1e9:.1f} GB that fit `large`: calls run on `large`"
+
+
 def image_tokens(width: int, height: int) -> int:
     return (width // PIXELS_PER_TOKEN) * (height // PIXELS_PER_TOKEN)
 

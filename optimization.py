@@ -357,8 +357,6 @@ def optimize_pipeline_(
         times: dict[str, float] = {}
         with stage("plan", times):  # here, where the real card is visible
             plan = hardware.decide(config, transformer)
-        if not plan.fp8:
-            log.info("FP8 off; the transformer runs in %s", dtype)
         programs, cached = load_or_compile(transformer, config, plan, example_call, transformer_calls, times)
         if cached:  # else the compile has prepared it
             prepare_transformer_(transformer, config, plan, times)

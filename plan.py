@@ -176,6 +176,9 @@ def decide(
                    fused_ff_quantization=fused_ff, memory_bytes=memory, steps_down=tuple(steps_down), probe_seconds=seconds)
     for line in steps_down:
         log.warning("stepped down: %s", line)
+    if not plan.fp8:
+        why = "switched off (AOTI_FP8=0)" if not config.fp8 else steps_down[-1] if steps_down else arch.why
+        log.info("FP8 off: %s; the transformer runs in %s", why, str(dtype).removeprefix("torch."))
     if seconds:
         log.info("probes %.2f s (%s)", sum(seconds.values()), ", ".join(f"{k} {v:.2f} s" for k, v in seconds.items()))
     log.info("plan: %s", plan.summary())

@@ -210,3 +210,22 @@ def test_the_factor_is_read_from_spaces_only_on_zerogpu(monkeypatch):
     assert duration.zerogpu_duration_factor("xlarge") == 1.0  # spaces scales `large` calls only
     monkeypatch.setattr(zero_config, "get_config", lambda: {})  # another spaces: the measured need, unscaled
     assert duration.zerogpu_duration_factor(None) == 1.0
+
+
+def test_the_log_says_which_zerogpu_size_the_weights_get(monkeypatch):
+    """spaces moves a Space to `xlarge` (twice the quota) by itself when its packed weights pass the card's threshold."""
+    import types
+
+    import spaces.zero
+    from spaces.config import Config
+    from spaces.zero import config as zero_config
+
+    assert duration.zerogpu_size_at_launch(None) is None  # spaces off
+    monkeypatch.setattr(Config, "zero_gpu", True)
+    monkeypatch.setattr(zero_config, "get_config", lambda: {"xlarge_threshold": 45_097_156_608})  # the RTX Pro 6000's
+    packed = types.SimpleNamespace(size=lambda: 22_600_000_000)  # spaces.zero.torch, which needs a CUDA torch to import
+    monkeypatch.setattr(spaces.zero, "torch", packed, raising=False)
+    assert duration.zerogpu_size_at_launch(None).endswith("within the 45.1 GB that fit `large`: calls run on `large`")
+    packed.size = lambda: 46_000_000_000
+    assert "spaces runs every call on `xlarge`, at twice the quota" in duration.zerogpu_size_at_launch(None)
+    assert duration.zerogpu_size_at_launch("large").endswith("every call asks for `large` (FLUX_ZEROGPU_SIZE)")

@@ -29,7 +29,7 @@ def eager_images():
 def test_compiled_pipeline_gives_the_eager_image(eager_images, caplog):
     """Through optimize_pipeline_ with one static graph beside the dynamic one."""
     pipe = load_pipeline()
-    with caplog.at_level(logging.INFO, logger="optimization"):
+    with caplog.at_level(logging.INFO, logger="plan"):
         report = optimize_pipeline_(
             pipe, OptimizationConfig(static_sizes="768x384", cache=False), prompt="example", width=512, height=512,
             num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
