@@ -5,12 +5,19 @@ The file is read as safetensors only (never unpickled), and converted by diffuse
 PEFT `lora_A`/`lora_B` pairs. Each layer's scaling (alpha / rank, per PEFT's rank and alpha
 patterns) is resolved the way `load_lora_weights` configures PEFT, so that fusing the factors
 gives the layer diffusers would compute.
+
+A visitor's file is untrusted, and PEFT treats layer names as regular expressions (`get_pattern_key`): a name such
+as `([a-z_.0-9]+)+Q` backtracks for minutes while holding the interpreter lock, and every other visitor waits. So
+strings from a file never reach a regex engine: before diffusers reads the file, its header is bounded in size and
+tensor count and every tensor name must be a plain dotted name; the metadata keeps only the LoRA settings used here,
+its patterns checked the same way; ranks and alphas are looked up by name (`_pattern_key`), not by regex.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -22,7 +29,6 @@ import torch
 from diffusers import FluxPipeline
 from diffusers.utils.peft_utils import _create_lora_config
 from diffusers.utils.state_dict_utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft
-from peft.utils.other import get_pattern_key
 
 from config import AppConfig
 
@@ -31,6 +37,17 @@ from .names import DEFAULT_WEIGHT_NAME, WEIGHT_SUFFIX, HubLora, LocalLora, LoraE
 # The pipeline parts a FLUX LoRA may change, as diffusers' FluxLoraLoaderMixin loads them.
 ROOTS = ("transformer", "text_encoder")
 UNPREFIXED_TRANSFORMER_LAYERS = {"x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out"}
+# A plain dotted name: letters, digits, "_" between dots. Every format's layer names are such names (diffusers,
+# kohya's lora_unet_..., XLabs' double_blocks.0.processor..., BFL's diffusion_model...).
+PLAIN_NAME = re.compile(r"[A-Za-z0-9_]+(?:\.[A-Za-z0-9_]+)*")
+MAX_NAME_LENGTH = 256
+# FLUX.1 has about 470 linear layers in the transformer and 72 in CLIP; a LoRA stores up to four tensors per layer
+# (down, up, alpha, bias). Twice that, for formats that split a layer (XLabs' qkv).
+MAX_TENSORS = 2 * 4 * 600
+MAX_HEADER_BYTES = 8 << 20  # a full-model LoRA's header is about 0.3 MB
+# The LoRA settings diffusers' metadata may carry that this module uses; any other field (target_modules, a regex
+# string to PEFT, among them) is dropped.
+CONFIG_FIELDS = ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "use_dora")
 
 
 @dataclass(frozen=True)
@@ -87,13 +104,34 @@ def _pick_weight_file(source: HubLora, files: list[str]) -> str:
     raise LoraError(f"{source.repo!r} has several LoRA files ({', '.join(weights)}): name one as {source.repo}:{weights[0]}")
 
 
-def read_lora(name: str, path: Path) -> Lora:
-    """The factors of the LoRA file at `path` (safetensors only), converted and scaled as diffusers would."""
+def shown(text: str, limit: int = 60) -> str:
+    """`text` quoted for an error message, cut at `limit` characters: messages never echo huge inputs."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def check_header(name: str, path: Path) -> None:
+    """LoraError unless `path` is a safetensors file of bounded header whose tensor names are plain dotted names."""
+    with open(path, "rb") as file:
+        header = int.from_bytes(file.read(8), "little")
+    if header > path.stat().st_size - 8:  # a pickle's or any other file's first bytes
+        raise LoraError(f"{name!r} is not a safetensors file")
+    if header > MAX_HEADER_BYTES:
+        raise LoraError(f"{name!r} has a {header / 1e6:.0f} MB header, over the {MAX_HEADER_BYTES / 1e6:.0f} MB a LoRA needs")
     try:
-        with safetensors.safe_open(str(path), "pt"):  # parses the header only: a pickle or other file fails here
-            pass
+        with safetensors.safe_open(str(path), "pt") as file:  # parses the header only: a pickle or other file fails here
+            keys = list(file.keys())
     except Exception:
         raise LoraError(f"{name!r} is not a safetensors file") from None
+    if len(keys) > MAX_TENSORS:
+        raise LoraError(f"{name!r} holds {len(keys)} tensors, more than a FLUX LoRA can ({MAX_TENSORS})")
+    for key in keys:
+        if len(key) > MAX_NAME_LENGTH or not PLAIN_NAME.fullmatch(key):
+            raise LoraError(f"{name!r} has a tensor whose name is not a layer name: {shown(key)}")
+
+
+def read_lora(name: str, path: Path) -> Lora:
+    """The factors of the LoRA file at `path` (safetensors only), converted and scaled as diffusers would."""
+    check_header(name, path)
     try:
         state, alphas, metadata = FluxPipeline.lora_state_dict(
             str(path.parent), weight_name=path.name, use_safetensors=True, local_files_only=True,
@@ -144,13 +182,13 @@ def _root_factors(name: str, root: str, state: dict, alphas: dict, metadata: dic
         (f"^{layer}" if transformer else layer) + ".lora_B.weight": state[f"{layer}.lora_B.weight"].shape[1]
         for layer in layers
     }
-    config = _create_lora_config(state, alphas or None, metadata or None, ranks, is_unet=transformer)
+    config = _create_lora_config(state, alphas or None, _lora_settings(name, metadata) or None, ranks, is_unet=transformer)
     if config.use_dora:
         raise LoraError(f"{name!r} is a DoRA: not supported")
     factors = {}
     for layer in layers:
-        r = config.rank_pattern.get(get_pattern_key(config.rank_pattern.keys(), layer), config.r)
-        alpha = config.alpha_pattern.get(get_pattern_key(config.alpha_pattern.keys(), layer), config.lora_alpha)
+        r = config.rank_pattern.get(_pattern_key(config.rank_pattern, layer), config.r)
+        alpha = config.alpha_pattern.get(_pattern_key(config.alpha_pattern, layer), config.lora_alpha)
         down, up = state[f"{layer}.lora_A.weight"], state[f"{layer}.lora_B.weight"]
         if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
             shapes = f"{tuple(down.shape)}, {tuple(up.shape)}"
@@ -161,6 +199,31 @@ def _root_factors(name: str, root: str, state: dict, alphas: dict, metadata: dic
         # on disk cannot change (or crash) a LoRA in use.
         factors[layer] = Factors(down.clone(), up.clone(), float(scaling), None if bias is None else bias.clone())
     return factors
+
+
+def _lora_settings(name: str, metadata: dict | None) -> dict | None:
+    """The LoRA settings of a file's metadata (CONFIG_FIELDS), its rank and alpha patterns keyed by plain names."""
+    if metadata is None:
+        return None
+    settings = {key: value for key, value in metadata.items() if key in CONFIG_FIELDS}
+    for field in ("rank_pattern", "alpha_pattern"):
+        patterns = settings.get(field) or {}
+        if not isinstance(patterns, dict) or len(patterns) > MAX_TENSORS:
+            raise LoraError(f"{name!r}: its metadata's {field} is not a table of layers")
+        for key in patterns:
+            if not isinstance(key, str) or len(key) > MAX_NAME_LENGTH or not PLAIN_NAME.fullmatch(key.removeprefix("^")):
+                raise LoraError(f"{name!r}: its metadata's {field} names something that is not a layer: {shown(str(key))}")
+    return settings
+
+
+def _pattern_key(patterns: Mapping[str, float], layer: str) -> str | None:
+    """The key of a rank or alpha pattern that applies to `layer`, as peft's `get_pattern_key` matches plain names
+    (the first key that is the layer's name or a dotted suffix of it; "^" anchors it at the start), with no regex."""
+    for key in patterns:
+        plain = key.removeprefix("^")
+        if layer == plain or (not key.startswith("^") and layer.endswith(f".{plain}")):
+            return key
+    return None
 
 
 class LoraLibrary:

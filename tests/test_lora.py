@@ -448,3 +448,86 @@ def test_an_xlabs_lora_equals_diffusers_eager_lora_too(compiled, base_image, tmp
     reference = generate(eager)
     assert np.abs(reference - base_image).max() > 20 * PIXELS  # the LoRA changes the image
     assert np.abs(image - reference).max() < PIXELS
+
+
+EVIL = "([a-z_.0-9]+)+Q"  # backtracks exponentially in `re.match` against a long layer name that does not end in Q
+
+
+def two_layers(generator, rank=2):
+    return {
+        f"transformer.transformer_blocks.0.attn.to_{name}.lora_{part}.weight": torch.randn(*shape, generator=generator)
+        for name in ("q", "k") for part, shape in (("A", (rank, 32)), ("B", (32, rank)))
+    }
+
+
+def loaded_within(library, name, seconds=5.0):
+    """`library.load(name)`'s LoraError message, raised within `seconds` (a thread: a regex hang would not stop)."""
+    import threading
+
+    outcome = {}
+
+    def load():
+        try:
+            library.load(name)
+        except LoraError as error:
+            outcome["error"] = str(error)
+
+    thread = threading.Thread(target=load, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"reading {name!r} took more than {seconds} s"
+    return outcome.get("error")
+
+
+def test_a_layer_name_a_regex_engine_would_hang_on_is_refused_at_once(tmp_path):
+    """PEFT matches layer names as regular expressions; a file's names never reach it unless they are plain."""
+    generator = torch.Generator().manual_seed(0)
+    tensors = two_layers(generator)
+    tensors[f"transformer.{EVIL}.lora_A.weight"] = torch.randn(4, 32, generator=generator)  # another rank: a pattern
+    tensors[f"transformer.{EVIL}.lora_B.weight"] = torch.randn(32, 4, generator=generator)
+    save_file(tensors, tmp_path / "redos.safetensors")
+    message = loaded_within(LoraLibrary(tmp_path), "redos")
+    assert message == f"lora: 'redos' has a tensor whose name is not a layer name: 'transformer.{EVIL}.lora_A.weight'"
+
+
+def test_a_metadata_pattern_is_refused_and_the_rest_of_the_metadata_ignored(tmp_path):
+    import json
+
+    generator = torch.Generator().manual_seed(0)
+    settings = {"transformer.r": 2, "transformer.lora_alpha": 2, "transformer.target_modules": EVIL,
+                "transformer.rank_pattern": {EVIL: 4}}
+    save_file(two_layers(generator), tmp_path / "pattern.safetensors", {"lora_adapter_metadata": json.dumps(settings)})
+    message = loaded_within(LoraLibrary(tmp_path), "pattern")
+    assert message == f"lora: 'pattern': its metadata's rank_pattern names something that is not a layer: {EVIL!r}"
+    settings["transformer.rank_pattern"] = {"^transformer_blocks.0.attn.to_k": 1}  # plain: read, by name
+    settings["transformer.alpha_pattern"] = {"to_k": 1}  # a dotted suffix, as PEFT matches it
+    save_file(two_layers(generator), tmp_path / "plain.safetensors", {"lora_adapter_metadata": json.dumps(settings)})
+    lora = LoraLibrary(tmp_path).load("plain")  # target_modules, a regex to PEFT, is dropped, not compiled
+    assert lora.factors["transformer.transformer_blocks.0.attn.to_q"].scaling == 2 / 2
+    assert lora.factors["transformer.transformer_blocks.0.attn.to_k"].scaling == 1 / 1
+
+
+def test_pattern_keys_match_as_peft_matches_plain_names():
+    from peft.utils.other import get_pattern_key
+
+    from lora.library import _pattern_key
+
+    patterns = {"^single_transformer_blocks.1.proj_out": 8, "attn.to_q": 4, "to_k": 2, "^proj_out": 1}
+    for layer in ("single_transformer_blocks.1.proj_out", "single_transformer_blocks.11.proj_out", "proj_out",
+                  "transformer_blocks.0.attn.to_q", "transformer_blocks.0.attn.add_q_proj", "blocks.0.to_k", "to_k"):
+        expected = get_pattern_key(patterns.keys(), layer)
+        assert _pattern_key(patterns, layer) == (expected if expected in patterns else None), layer
+
+
+def test_oversized_files_are_refused_before_they_are_parsed(tmp_path):
+    from lora.library import MAX_HEADER_BYTES, MAX_TENSORS
+
+    save_file({"transformer.a.lora_A.weight": torch.zeros(1, 1)}, tmp_path / "header.safetensors",
+              {"padding": "x" * MAX_HEADER_BYTES})
+    assert "MB header, over the 8 MB a LoRA needs" in loaded_within(LoraLibrary(tmp_path), "header")
+    save_file({f"transformer.layer_{i}.lora_A.weight": torch.zeros(1, 1) for i in range(MAX_TENSORS + 1)},
+              tmp_path / "many.safetensors")
+    assert f"holds {MAX_TENSORS + 1} tensors, more than a FLUX LoRA can" in loaded_within(LoraLibrary(tmp_path), "many")
+    save_file({"transformer." + "a" * 5000 + ".lora_A.weight": torch.zeros(1, 1)}, tmp_path / "long.safetensors")
+    message = loaded_within(LoraLibrary(tmp_path), "long")
+    assert message.endswith("aaa...'") and len(message) < 160  # the name cut in the message
