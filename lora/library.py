@@ -20,7 +20,7 @@ import os
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,8 +80,9 @@ class Lora:
         return {layer.split(".", 1)[0] for layer in self.factors}
 
 
-def hub_file(source: HubLora, token: str | None = None) -> Path:
-    """The LoRA file of a Hub repo, downloaded into the Hub cache (or found there)."""
+def hub_file(source: HubLora, token: str | bool = False) -> Path:
+    """The LoRA file of a Hub repo, downloaded into the Hub cache (or found there). `token`: False for anonymous
+    access (huggingface_hub would otherwise send HF_TOKEN by itself), or the token to send."""
     from huggingface_hub import hf_hub_download, list_repo_files
 
     try:
@@ -89,8 +90,11 @@ def hub_file(source: HubLora, token: str | None = None) -> Path:
         return Path(hf_hub_download(source.repo, filename, token=token))
     except LoraError:
         raise
-    except Exception as error:  # not found, gated, no network, ...
-        raise LoraError(f"could not download {source.name!r} from the Hub: {type(error).__name__}: {error}") from None
+    except Exception as error:  # not found, private, gated, no network, ...
+        if token is not False:  # the owner's own list: the owner may read the details
+            raise LoraError(f"could not download {source.name!r} from the Hub: {type(error).__name__}: {error}") from None
+        # One message whatever the cause: a visitor learns nothing about repos they cannot read.
+        raise LoraError(f"could not download {source.name!r}: no public LoRA of that name, or the Hub is unreachable") from None
 
 
 def _pick_weight_file(source: HubLora, files: list[str]) -> str:
@@ -229,21 +233,29 @@ def _pattern_key(patterns: Mapping[str, float], layer: str) -> str | None:
 class LoraLibrary:
     """Turns a request's `lora` text into a Lora, keeping the `capacity` most recently used ones read.
 
-    `lora_dir` is the folder of local LoRAs; Hub LoRAs go through the Hub cache (`download`).
+    `lora_dir` is the folder of local LoRAs; Hub LoRAs go through the Hub cache (`download`). Only the repos in
+    `trusted` (the Space owner's own list) are fetched with HF_TOKEN; any other a request names is fetched
+    anonymously, so that a visitor can neither read the owner's private or gated repos nor learn which exist.
     Thread-safe; a forked process starts with the parent's LoRAs read.
     """
 
     def __init__(
         self, lora_dir: str | Path, capacity: int = AppConfig.lora_cache, download: Callable[[HubLora], Path] | None = None,
+        trusted: Iterable[str] = (),
     ):
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self.lora_dir = Path(lora_dir)
         self.capacity = capacity
-        self.download = download or (lambda source: hub_file(source, os.environ.get("HF_TOKEN") or None))
+        self.trusted = {resolved.repo for name in trusted if isinstance(resolved := resolve(name, lora_dir), HubLora)}
+        self.download = download or (lambda source: hub_file(source, self.token_for(source)))
         self._read: OrderedDict[LoraSource, Lora] = OrderedDict()
         self._lock = threading.Lock()
         self.reads = 0  # files read so far: what the cache saves
+
+    def token_for(self, source: HubLora) -> str | bool:
+        """HF_TOKEN for the owner's own repos, else False: anonymous."""
+        return (os.environ.get("HF_TOKEN") or False) if source.repo in self.trusted else False
 
     def resolve(self, name: object) -> LoraSource | None:
         return resolve(name, self.lora_dir)

@@ -531,3 +531,31 @@ def test_oversized_files_are_refused_before_they_are_parsed(tmp_path):
     save_file({"transformer." + "a" * 5000 + ".lora_A.weight": torch.zeros(1, 1)}, tmp_path / "long.safetensors")
     message = loaded_within(LoraLibrary(tmp_path), "long")
     assert message.endswith("aaa...'") and len(message) < 160  # the name cut in the message
+
+
+def test_visitor_named_repos_are_fetched_without_the_owners_token(monkeypatch):
+    """Only the Space's own list uses HF_TOKEN: a visitor cannot read the owner's private or gated repos through it,
+    nor tell them from missing ones by the error."""
+    import huggingface_hub
+
+    from lora import library as lora_library
+
+    monkeypatch.setenv("HF_TOKEN", "hf_owner")
+    sent = []
+
+    def hub(repo, *args, token=None, **kwargs):  # the Hub's answers differ: private, missing, gated
+        sent.append((repo, token))
+        if repo == "owner/private":
+            raise PermissionError(f"401 for {repo}: private")
+        raise FileNotFoundError(f"{repo} is gated: accept its license" if token else f"404 for {repo}")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub)
+    library = LoraLibrary(LORA_DIR, trusted=["owner/curated:style.safetensors"])
+    for name in ("owner/private:lora.safetensors", "someone/missing:lora.safetensors"):
+        with pytest.raises(LoraError) as refused:
+            library.load(name)
+        assert str(refused.value) == f"lora: could not download {name!r}: no public LoRA of that name, or the Hub is unreachable"
+    with pytest.raises(LoraError, match="FileNotFoundError: owner/curated is gated"):  # the owner's list: the details
+        library.load("owner/curated:style.safetensors")
+    assert sent == [("owner/private", False), ("someone/missing", False), ("owner/curated", "hf_owner")]
+    assert lora_library.LoraLibrary(LORA_DIR).token_for(HubLora("owner/curated")) is False  # nothing trusted by default
