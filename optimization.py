@@ -44,7 +44,6 @@ from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, Optimization
 from fp8 import is_fp8, quantize_fp8_
 from fp8_kernels import fuse_feed_forward_quantization_, fuse_single_block_quantization_, sdpa_as_fp8
 from fp8_kernels.rope_pairs import mark_split_, split_rope_pairs_
-from plan import Plan
 from startup import stage
 from vae import apply_decoder_, compile_decoder, decoder_sizes
 from vae import fingerprint as decoder_fingerprint
@@ -72,7 +71,7 @@ class Compiled:
 
     programs: dict[str, list[aoti.CompiledProgram]]  # per compiled module kind
     weights: aoti.HostShared  # per kind, per module: the prepared tensors the programs read
-    plan: Plan  # what the card runs, as decided there
+    plan: hardware.Plan  # what the card runs, as decided there
     decoder: list[aoti.CompiledProgram] | None  # the VAE decoder's programs, one per size (vae.py)
     cached: bool  # loaded from the program cache instead of compiled
     stages: dict[str, float]  # seconds of each stage it ran
@@ -81,7 +80,7 @@ class Compiled:
 @dataclass(frozen=True)
 class OptimizationReport:
     aot: bool
-    plan: Plan | None  # None with AOTI=0
+    plan: hardware.Plan | None  # None with AOTI=0
     dtype: str
     attention: str
     regional: bool  # one program per repeated block kind instead of one for the transformer
@@ -165,7 +164,7 @@ PLANNED_OPTIONS = frozenset({
 })
 
 
-def compiled_options(config: OptimizationConfig, plan: Plan) -> dict[str, Any]:
+def compiled_options(config: OptimizationConfig, plan: hardware.Plan) -> dict[str, Any]:
     """Every other option of `config`, with the plan's decisions in place of what was asked for.
 
     Derived from the dataclass, so an option added later is part of the cache key unless it is
@@ -181,7 +180,7 @@ def compiled_options(config: OptimizationConfig, plan: Plan) -> dict[str, Any]:
     return {"plan": plan.as_key(), **{name: decided.get(name, getattr(config, name)) for name in options}}
 
 
-def fingerprint(transformer: torch.nn.Module, config: OptimizationConfig, example_call: dict, plan: Plan) -> dict:
+def fingerprint(transformer: torch.nn.Module, config: OptimizationConfig, example_call: dict, plan: hardware.Plan) -> dict:
     """Everything a compiled transformer depends on; its weights' values are not among them."""
     return {
         "model": transformer.config.get("_name_or_path", ""),  # hub snapshot path: id and revision
@@ -205,7 +204,7 @@ def capture_module(transformer: torch.nn.Module, module: torch.nn.Module, call: 
 
 
 def prepare_transformer_(
-    transformer: torch.nn.Module, config: OptimizationConfig, plan: Plan, times: dict[str, float] | None = None
+    transformer: torch.nn.Module, config: OptimizationConfig, plan: hardware.Plan, times: dict[str, float] | None = None
 ) -> None:
     """Put the compiled modules in the form the programs were compiled for: fused QKV, q and k's RoPE layout, FP8.
     Idempotent."""
@@ -226,7 +225,7 @@ def prepare_transformer_(
 
 
 def compile_transformer(
-    transformer: torch.nn.Module, calls: Iterable[aoti.CapturedCall], config: OptimizationConfig, plan: Plan,
+    transformer: torch.nn.Module, calls: Iterable[aoti.CapturedCall], config: OptimizationConfig, plan: hardware.Plan,
     times: dict[str, float] | None = None,
 ) -> dict[str, list[aoti.CompiledProgram]]:
     """Steps 2-5 for transformer calls: one per static size first, the dynamic one last.
@@ -258,7 +257,7 @@ def compile_transformer(
 
 
 def load_or_compile(
-    transformer: torch.nn.Module, config: OptimizationConfig, plan: Plan, example_call: dict,
+    transformer: torch.nn.Module, config: OptimizationConfig, plan: hardware.Plan, example_call: dict,
     calls: Callable[[], Iterable[aoti.CapturedCall]], times: dict[str, float] | None = None,
 ) -> tuple[dict[str, list[aoti.CompiledProgram]], bool]:
     """The programs for this transformer, setup and plan from the program cache, else compiled from `calls()` and
@@ -294,8 +293,8 @@ def program_weights(
 
 
 def apply_programs_(
-    transformer: torch.nn.Module, programs: dict[str, list[aoti.CompiledProgram]], config: OptimizationConfig, plan: Plan,
-    weights: dict[str, list[dict[str, torch.Tensor]]] | None = None,
+    transformer: torch.nn.Module, programs: dict[str, list[aoti.CompiledProgram]], config: OptimizationConfig,
+    plan: hardware.Plan, weights: dict[str, list[dict[str, torch.Tensor]]] | None = None,
 ) -> None:
     """Step 6: bind the programs to this process's transformer.
 
