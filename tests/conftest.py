@@ -1,7 +1,9 @@
 """Shared fixtures: the embedded tiny FLUX, a captured transformer call, one compiled program.
 
 Everything runs offline on CPU. Temporary files (inductor cache, Gradio uploads) go under
-.cache/tests in the repository, emptied at the start of each run.
+.cache/tests in the repository, one folder per pytest-xdist worker, emptied at the start of each run.
+Tests run on every core (pytest.ini): a module's tests stay on one worker, so its fixtures are built
+once, and the tests of an expensive session fixture (`SHARED`) share one worker too.
 """
 
 import os
@@ -10,7 +12,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TEST_DIR = ROOT / ".cache" / "tests"
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
+TEST_DIR = ROOT / ".cache" / "tests" / WORKER
 shutil.rmtree(TEST_DIR, ignore_errors=True)
 TEST_DIR.mkdir(parents=True)
 # Before torch, gradio or huggingface_hub are imported: they read these once.
@@ -32,6 +35,17 @@ from config import EMBEDDED_MODEL, MAX_SEQUENCE_LENGTH  # noqa: E402
 from optimization import DYNAMIC_AXES  # noqa: E402
 
 CAPTURE_SIZE = (512, 512)  # width, height of the captured call: 1024 image tokens
+SHARED = ("app", "compiled_program")  # session fixtures that compile: their tests go to one worker
+
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # workers share the cores instead of each taking all of them
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test's pytest-xdist group (`--dist loadgroup`): the first of SHARED it uses, else its module."""
+    for item in items:
+        shared = next((name for name in SHARED if name in getattr(item, "fixturenames", ())), None)
+        item.add_marker(pytest.mark.xdist_group(shared or item.module.__name__))
 
 
 def load_pipeline(dtype=torch.float32) -> FluxPipeline:

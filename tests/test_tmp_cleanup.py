@@ -21,9 +21,9 @@ import torch
 import aoti
 from aoti.program import PROCESS_FOLDER_PREFIX, remove_dead_process_folders
 from aoti.weights import named_weights
-from conftest import ROOT, load_transformer, rel_error
+from conftest import ROOT, TEST_DIR, load_transformer, rel_error
 
-TMP = Path(os.environ["TMPDIR"])  # conftest's .cache/tests/tmp
+TMP = Path(os.environ["TMPDIR"])  # conftest's TEST_DIR / "tmp"
 
 
 def folder_of(pid: int) -> Path:
@@ -80,7 +80,7 @@ def run_worker(transformer, kwargs, queue) -> tuple[int, list[str], torch.Tensor
 
 
 def test_the_temp_dir_is_the_tests_own():
-    assert TMP == ROOT / ".cache" / "tests" / "tmp"
+    assert TMP == TEST_DIR / "tmp"
 
 
 def test_forked_workers_leave_no_extracted_package(compiled_program, call_for):
