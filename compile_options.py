@@ -12,7 +12,9 @@ tuning: on the H200 that made the FP8 compile 249 s instead of 29 s for no faste
 `persistent_rows` widens inductor's persistent reductions (one program holds a whole row) from rows of 1024
 elements to `OptimizationConfig.persistent_reductions_up_to`: inductor's choices handler is its documented
 place for such heuristics. Above its limit inductor loops over each row two or three times; FLUX's LayerNorms
-and per-row FP8 scales run over 3072 channels.
+and per-row FP8 scales run over 3072 channels. Not with per-tensor FP8 scales: there the handler turned the
+single blocks' whole-activation amax into one persistent kernel of 25 ms per block on an H100, against 0.2 ms
+looped (bench/NOTES.md).
 """
 
 from __future__ import annotations
@@ -52,14 +54,20 @@ class _PersistentRows(InductorChoices):
         return super().should_use_persistent_reduction(features, cooperative_reduction)
 
 
+def persistent_rows_up_to(config: OptimizationConfig, fp8: str | None) -> int:
+    """The widest rows reduced in one pass with FP8 GEMMs `fp8` (the plan's): inductor's own limit per tensor."""
+    return INDUCTOR_PERSISTENT_ROWS if fp8 == "tensor" else config.persistent_reductions_up_to
+
+
 @contextmanager
-def persistent_rows(config: OptimizationConfig, device: torch.device) -> Iterator[None]:
-    """Within: inductor reduces rows of up to `config.persistent_reductions_up_to` elements in one pass on `device`
-    (GPUs: its C++ kernels for the CPU have no persistent reductions, and keep the FX graph cache)."""
-    if config.persistent_reductions_up_to <= INDUCTOR_PERSISTENT_ROWS or device.type != "cuda":
+def persistent_rows(config: OptimizationConfig, device: torch.device, fp8: str | None) -> Iterator[None]:
+    """Within: inductor reduces rows of up to `persistent_rows_up_to` elements in one pass on `device` (GPUs: its
+    C++ kernels for the CPU have no persistent reductions, and keep the FX graph cache)."""
+    up_to = persistent_rows_up_to(config, fp8)
+    if up_to <= INDUCTOR_PERSISTENT_ROWS or device.type != "cuda":
         yield
         return
     # Inductor's FX graph cache keys on its config, not on the choices handler: off, so that a graph compiled
     # earlier in this process without the handler is not reused.
-    with V.set_choices_handler(_PersistentRows(config.persistent_reductions_up_to)), inductor_config.patch(fx_graph_cache=False):
+    with V.set_choices_handler(_PersistentRows(up_to)), inductor_config.patch(fx_graph_cache=False):
         yield

@@ -39,7 +39,7 @@ from diffusers import FluxPipeline
 import aoti
 import plan as hardware
 from attention import set_attention_backend
-from compile_options import compiler_options, persistent_rows
+from compile_options import compiler_options, persistent_rows, persistent_rows_up_to
 from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, OptimizationConfig
 from fp8 import is_fp8, quantize_fp8_
 from fp8_kernels import fuse_feed_forward_quantization_, fuse_single_block_quantization_, sdpa_as_fp8
@@ -175,6 +175,7 @@ def compiled_options(config: OptimizationConfig, plan: hardware.Plan) -> dict[st
         "dynamic": asdict(IMAGE_SEQ) if config.dynamic else None,  # range and step of the image tokens
         "static_sizes": config.static_resolutions,
         "inductor_configs": compiler_options(config, plan.fp8),
+        "persistent_reductions_up_to": persistent_rows_up_to(config, plan.fp8),
     }
     options = [f.name for f in fields(config) if f.name not in SERVING_OPTIONS | PLANNED_OPTIONS]
     return {"plan": plan.as_key(), **{name: decided.get(name, getattr(config, name)) for name in options}}
@@ -252,7 +253,7 @@ def compile_transformer(
             for kind, kind_calls in module_calls.items()
         }
     options = compiler_options(config, plan.fp8)
-    with stage("compile", times), persistent_rows(config, transformer.device):
+    with stage("compile", times), persistent_rows(config, transformer.device, plan.fp8):
         return {kind: [aoti.compile(program, options) for program in programs] for kind, programs in exported.items()}
 
 

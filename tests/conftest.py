@@ -9,6 +9,7 @@ once, and the tests of an expensive session fixture (`SHARED`) share one worker 
 import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +23,7 @@ for name, sub in {
 }.items():
     (TEST_DIR / sub).mkdir()
     os.environ[name] = str(TEST_DIR / sub)
+tempfile.tempdir = None  # an xdist worker has used the controller's TMPDIR already: read it again
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 sys.path.insert(0, str(ROOT))

@@ -35,7 +35,7 @@ class Served:
         folder.mkdir(parents=True, exist_ok=True)
         self.log = folder / "serve.log"
         self.cache = folder / "aoti-cache"
-        self.ray_tmp = Path(tempfile.mkdtemp(prefix="ray-"))  # short: Ray's socket paths must fit in 107 bytes
+        self.ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # Ray's socket paths must fit in 107 bytes
         port = free_port()
         self.url = f"http://127.0.0.1:{port}/"
         env = {

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 import config
-from compile_options import compiler_options, persistent_rows
+from compile_options import _PersistentRows, compiler_options, persistent_rows
+from optimization import compiled_options
+from plan import Plan
 
 
 def test_presets_follow_the_machine():
@@ -59,10 +61,26 @@ def test_persistent_rows_reduce_wider_rows_in_one_pass():
     expected = layer_norm(x)
     for up_to, kind in (1024, "triton_red_"), (4096, "triton_per_"):
         torch._dynamo.reset()
-        with persistent_rows(config.OptimizationConfig(persistent_reductions_up_to=up_to), x.device):
+        with persistent_rows(config.OptimizationConfig(persistent_reductions_up_to=up_to), x.device, "row"):
             out, code = run_and_get_code(torch.compile(layer_norm), x)
         assert kind in "".join(code)
         torch.testing.assert_close(out, expected)
+
+
+def test_wider_persistent_rows_are_for_per_row_scales_and_bf16_not_per_tensor():
+    """With per-tensor FP8 the wider rows made the single blocks' amax one 25 ms kernel on an H100: inductor's own
+    choice there (a card is not needed to install the choice, only to compile with it)."""
+    from torch._inductor.virtualized import V
+
+    options = config.OptimizationConfig(persistent_reductions_up_to=4096)
+    for fp8, widened in ("row", True), (None, True), ("tensor", False):
+        with persistent_rows(options, torch.device("cuda"), fp8):
+            assert isinstance(V.choices, _PersistentRows) is widened, fp8
+    with persistent_rows(options, torch.device("cpu"), "row"):
+        assert not isinstance(V.choices, _PersistentRows)
+    # The cache key records the rows as compiled: a per-tensor program built with the wider rows is not reused.
+    key = {fp8: compiled_options(options, Plan.assumed(options, fp8))["persistent_reductions_up_to"] for fp8 in ("row", "tensor")}
+    assert key == {"row": 4096, "tensor": config.INDUCTOR_PERSISTENT_ROWS}
 
 
 def test_the_zerogpu_size_is_a_setting():
