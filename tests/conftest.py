@@ -33,7 +33,7 @@ import torch  # noqa: E402
 from diffusers import FluxPipeline, FluxTransformer2DModel  # noqa: E402
 
 import aoti  # noqa: E402
-from config import EMBEDDED_MODEL, MAX_SEQUENCE_LENGTH  # noqa: E402
+from config import EMBEDDED_MODEL, MAX_SEQUENCE_LENGTH, OptimizationConfig  # noqa: E402
 from optimization import DYNAMIC_AXES  # noqa: E402
 
 CAPTURE_SIZE = (512, 512)  # width, height of the captured call: 1024 image tokens
@@ -43,11 +43,18 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # workers share the cores instead
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Each test's pytest-xdist group (`--dist loadgroup`): the first of SHARED it uses, else its module."""
     for item in items:
         shared = next((name for name in SHARED if name in getattr(item, "fixturenames", ())), None)
         item.add_marker(pytest.mark.xdist_group(shared or item.module.__name__))
+
+
+def tiny_config(**changes) -> OptimizationConfig:
+    """The tests' optimization settings: no program cache and no VAE decoder compile (each about 20 s on two cores)
+    unless a test is about them, with `changes` on top."""
+    return OptimizationConfig(**{"cache": False, "vae_decoder": False, **changes})
 
 
 def load_pipeline(dtype=torch.float32) -> FluxPipeline:

@@ -14,7 +14,7 @@ import torch
 import aoti
 from aoti.cudagraphs import _key as key_of_leaves
 from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
-from conftest import load_pipeline
+from conftest import load_pipeline, tiny_config
 from optimization import optimize_pipeline_
 
 
@@ -63,7 +63,7 @@ def test_pickling_keeps_the_function_and_drops_the_graphs():
 def test_optimize_pipeline_uses_graphs_only_on_the_gpu():
     pipe = load_pipeline()
     report = optimize_pipeline_(
-        pipe, OptimizationConfig(cuda_graphs=True, cache=False), prompt="example", width=256, height=256,
+        pipe, tiny_config(cuda_graphs=True), prompt="example", width=256, height=256,
         num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
     )
     assert report.aot and not report.cuda_graphs and "CUDA graphs" not in report.summary()

@@ -11,8 +11,8 @@ import torch
 
 import fp8
 import optimization
-from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
-from conftest import allow_fp8_on_cpu, load_pipeline, pretend_gpu
+from config import MAX_SEQUENCE_LENGTH
+from conftest import allow_fp8_on_cpu, load_pipeline, pretend_gpu, tiny_config
 
 
 def generate(pipe):
@@ -33,7 +33,7 @@ def test_fp8_quantize_export_compile_apply(monkeypatch, bf16_image, regional):
     reference = bf16_image
     pipe = load_pipeline(torch.bfloat16)
     report = optimization.optimize_pipeline_(
-        pipe, OptimizationConfig(fp8_granularity="row", regional=regional, cache=False), prompt="example", width=512,
+        pipe, tiny_config(fp8_granularity="row", regional=regional), prompt="example", width=512,
         height=512, num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
     )
     assert report.fp8 and "FP8" in report.summary()
@@ -55,7 +55,7 @@ def test_the_text_stream_can_stay_bf16(monkeypatch, bf16_image):
     pretend_gpu(monkeypatch, (9, 0))
     pipe = load_pipeline(torch.bfloat16)
     optimization.optimize_pipeline_(
-        pipe, OptimizationConfig(fp8_granularity="row", fp8_text_stream=False, cache=False), prompt="example", width=512,
+        pipe, tiny_config(fp8_granularity="row", fp8_text_stream=False), prompt="example", width=512,
         height=512, num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
     )
     weights = pipe.transformer.transformer_blocks[0].forward.weights

@@ -15,8 +15,8 @@ from safetensors.torch import save_file
 import aoti
 import fp8
 import optimization
-from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
-from conftest import ROOT, allow_fp8_on_cpu, load_pipeline, pretend_gpu
+from config import MAX_SEQUENCE_LENGTH
+from conftest import ROOT, allow_fp8_on_cpu, load_pipeline, pretend_gpu, tiny_config
 from fp8_kernels.rope_pairs import ROW_ORDER
 from lora import HubLora, LocalLora, LoraError, LoraFuser, LoraLibrary, check_scale, keep_masters, resolve
 from lora.library import _pick_weight_file
@@ -35,7 +35,7 @@ def generate(pipe, **kwargs):
 def compiled_pipeline(dtype=torch.float32, **options):
     pipe = load_pipeline(dtype)
     masters = keep_masters(pipe.transformer)  # before optimize_pipeline_ (it would quantize with FP8)
-    config = OptimizationConfig(cache=False, **options)
+    config = tiny_config(**options)
     report = optimization.optimize_pipeline_(
         pipe, config, prompt="example", width=512, height=512, num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
     )

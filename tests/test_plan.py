@@ -16,7 +16,7 @@ import optimization
 import plan as hardware
 import probes
 from config import MAX_SEQUENCE_LENGTH, MAX_SIZE, OptimizationConfig
-from conftest import load_pipeline, load_transformer, pretend_gpu
+from conftest import load_pipeline, load_transformer, pretend_gpu, tiny_config
 from lora import LoraFuser, LoraLibrary, keep_masters
 from lora.masters import master_device
 
@@ -214,7 +214,7 @@ def test_the_blackwell_plan_compiles_serves_and_takes_loras(monkeypatch, caplog)
     masters = keep_masters(pipe.transformer)
     with caplog.at_level(logging.WARNING, logger="plan"):
         report = optimization.optimize_pipeline_(
-            pipe, OptimizationConfig(cache=False), prompt="example", width=512, height=512, num_inference_steps=1,
+            pipe, tiny_config(), prompt="example", width=512, height=512, num_inference_steps=1,
             max_sequence_length=MAX_SEQUENCE_LENGTH,
         )
     assert report.plan.fp8 == "tensor" and report.plan.attention == "native" and report.plan.fp8_attention == "off"

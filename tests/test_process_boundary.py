@@ -9,7 +9,7 @@ import torch
 
 import aoti
 from config import MAX_SEQUENCE_LENGTH
-from conftest import load_pipeline, load_transformer, rel_error
+from conftest import load_pipeline, load_transformer, rel_error, tiny_config
 from plan import Plan
 
 
@@ -123,7 +123,6 @@ def test_the_serving_process_binds_the_weights_the_gpu_function_prepared(monkeyp
     The attention backend chosen there is set up here too (a Hub kernel's ops exist only where it was loaded)."""
     import optimization
     import plan
-    from config import OptimizationConfig
 
     inside = []  # non-empty while the GPU function runs
 
@@ -148,7 +147,7 @@ def test_the_serving_process_binds_the_weights_the_gpu_function_prepared(monkeyp
                             lambda m, name, *a, **k: backends.append((bool(inside), name)) or set_backend(m, name, *a, **k))
     pipe = load_pipeline()
     optimization.optimize_pipeline_(
-        pipe, OptimizationConfig(fuse_qkv=True, cache=False), prompt="a cat", width=256, height=256,
+        pipe, tiny_config(fuse_qkv=True), prompt="a cat", width=256, height=256,
         num_inference_steps=1, max_sequence_length=MAX_SEQUENCE_LENGTH,
     )
     assert prepared and all(prepared)  # only inside the GPU function

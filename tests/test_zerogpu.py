@@ -39,6 +39,7 @@ def servers(device_api, tmp_path_factory):
         "AOTI_CACHE_DIR": str(root / "aoti-cache"),  # empty: the ZeroGPU app compiles, the reference loads
         "FLUX_MODEL": os.environ.get("FLUX_MODEL") or str(ROOT / "assets" / "tiny-flux"),
         "FLUX_LORA_DIR": str(ROOT / "assets" / "loras"),  # the GPU preset's folder is the Space's own (empty here)
+        "AOTI_VAE": "0",  # the VAE decoder's compile is test_vae's
     }
     if torch.version.cuda is None:  # ZeroGPU's emulated CUDA picks the GPU preset (bf16): run both as the CPU preset
         shared["FLUX_DTYPE"] = "float32"
