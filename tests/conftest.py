@@ -15,13 +15,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = os.environ.get("PYTEST_XDIST_WORKER", "main")
 TEST_DIR = ROOT / ".cache" / "tests" / WORKER
-shutil.rmtree(TEST_DIR, ignore_errors=True)
-TEST_DIR.mkdir(parents=True)
+# Once per run: the processes tests spawn import this module too, and inherit the variable.
+if os.environ.get("FLUX_TEST_DIR") != str(TEST_DIR):
+    shutil.rmtree(TEST_DIR, ignore_errors=True)
+    os.environ["FLUX_TEST_DIR"] = str(TEST_DIR)
 # Before torch, gradio or huggingface_hub are imported: they read these once.
 for name, sub in {
     "TMPDIR": "tmp", "GRADIO_TEMP_DIR": "gradio", "TORCHINDUCTOR_CACHE_DIR": "inductor", "AOTI_CACHE_DIR": "aoti-cache"
 }.items():
-    (TEST_DIR / sub).mkdir()
+    (TEST_DIR / sub).mkdir(parents=True, exist_ok=True)
     os.environ[name] = str(TEST_DIR / sub)
 tempfile.tempdir = None  # an xdist worker has used the controller's TMPDIR already: read it again
 os.environ["HF_HUB_OFFLINE"] = "1"
