@@ -297,6 +297,7 @@ def one_start(label: str, folder: Path, api: harness.DeviceAPI, env: dict, reque
     result["workers_killed_at_stop"] = harness.stop(server)
     extracted = ("aoti-pid-", "aotinductor_")
     result["tmp_leftovers_after_stop"] = [p.name for p in server.tmp.iterdir() if p.name.startswith(extracted)]
+    shutil.rmtree(server.tmp, ignore_errors=True)
     return result
 
 

@@ -47,10 +47,14 @@ if "PYTEST_XDIST_WORKER_COUNT" in os.environ:  # workers share the cores instead
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Each test's pytest-xdist group (`--dist loadgroup`): the first of SHARED it uses, else its module."""
+    """Each test's pytest-xdist group (`--dist loadgroup`): the first of SHARED it uses, else its module. A test of
+    the app started in this process is a `servers` test."""
     for item in items:
-        shared = next((name for name in SHARED if name in getattr(item, "fixturenames", ())), None)
+        fixtures = getattr(item, "fixturenames", ())
+        shared = next((name for name in SHARED if name in fixtures), None)
         item.add_marker(pytest.mark.xdist_group(shared or item.module.__name__))
+        if "app" in fixtures:
+            item.add_marker(pytest.mark.servers)
 
 
 def tiny_config(**changes) -> OptimizationConfig:

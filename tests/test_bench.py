@@ -6,11 +6,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from bench import report
 from config import OptimizationConfig
 from conftest import ROOT, TEST_DIR
+
+pytestmark = pytest.mark.slow  # the bench scripts run
 
 REGENERATE = "python -m bench.report"
 AUTHOR_PAGES = [ROOT / "README.md", ROOT / "bench" / "README.md", ROOT / "CONTRIBUTING.md"]

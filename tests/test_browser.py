@@ -16,6 +16,8 @@ from playwright.sync_api import sync_playwright
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.servers  # the app in Chromium
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if not CHROMIUM and not os.environ.get("CI"):
     pytest.skip("Chromium is not installed (apt install chromium)", allow_module_level=True)

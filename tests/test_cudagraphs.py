@@ -60,6 +60,7 @@ def test_pickling_keeps_the_function_and_drops_the_graphs():
     assert copy(torch.ones(1))[0].item() == 3.0
 
 
+@pytest.mark.slow
 def test_optimize_pipeline_uses_graphs_only_on_the_gpu():
     pipe = load_pipeline()
     report = optimize_pipeline_(

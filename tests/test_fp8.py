@@ -14,6 +14,8 @@ import optimization
 from config import MAX_SEQUENCE_LENGTH
 from conftest import allow_fp8_on_cpu, load_pipeline, pretend_gpu, tiny_config
 
+pytestmark = pytest.mark.slow  # whole pipelines compiled
+
 
 def generate(pipe):
     return pipe(

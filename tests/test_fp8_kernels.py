@@ -340,6 +340,7 @@ def transformer_call(h, w, seed=0):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kernel", attention.KERNELS)
 def test_compiled_transformer_with_fp8_kernels_is_as_exact_as_eager_fp8(fp8_on_cpu, kernel, monkeypatch):
     """Against fp32: FP8 noise is large on a tiny random model (5%), so the compiled program is held to

@@ -21,6 +21,8 @@ from fp8_kernels.rope_pairs import ROW_ORDER
 from lora import HubLora, LocalLora, LoraError, LoraFuser, LoraLibrary, check_scale, keep_masters, resolve
 from lora.library import _pick_weight_file
 
+pytestmark = pytest.mark.slow  # whole pipelines compiled
+
 LORA_DIR = ROOT / "assets" / "loras"
 PIXELS = 1e-4  # as test_pipeline: compiled and eager images agree to this (pixel values in [0, 1])
 

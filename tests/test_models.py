@@ -15,6 +15,8 @@ from optimization import optimize_pipeline_
 sys.path.insert(0, str(ROOT / "assets"))
 from build_tiny_flux import build  # noqa: E402
 
+pytestmark = pytest.mark.slow  # other models compiled
+
 
 def test_model_defaults_come_from_the_architecture_not_the_name():
     assert cfg.model_defaults({"guidance_embeds": True, "_name_or_path": "someone/flux-schnell-style-finetune"}) == cfg.FLUX_DEV

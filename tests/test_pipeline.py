@@ -10,6 +10,8 @@ from config import MAX_SEQUENCE_LENGTH, OptimizationConfig
 from conftest import load_pipeline
 from optimization import optimize_pipeline_
 
+pytestmark = pytest.mark.slow  # whole pipelines compiled
+
 SIZES = [(512, 512), (768, 384), (384, 640)]  # the example's size, a static graph's, and one neither saw
 
 

@@ -204,6 +204,7 @@ def generate(pipe):
     ).images[0]
 
 
+@pytest.mark.slow
 def test_the_blackwell_plan_compiles_serves_and_takes_loras(monkeypatch, caplog):
     """sm_120's rung as the probes leave it on this CPU (no cuDNN): per-tensor FP8 GEMMs, bf16 SDPA. The compiled
     pipeline's image is within FP8's error of bf16's, the log and the status say why, and a LoRA is fused into the

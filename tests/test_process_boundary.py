@@ -5,12 +5,15 @@ import multiprocessing
 import pickle
 from multiprocessing.reduction import ForkingPickler
 
+import pytest
 import torch
 
 import aoti
 from config import MAX_SEQUENCE_LENGTH
 from conftest import load_pipeline, load_transformer, rel_error, tiny_config
 from plan import Plan
+
+pytestmark = pytest.mark.slow  # programs compiled and sent to other processes
 
 
 def run_in_child(programs_bytes, kwargs):

@@ -10,6 +10,8 @@ from config import MAX_SEQUENCE_LENGTH
 from conftest import load_transformer, rel_error
 from optimization import block_axes, compiled_modules
 
+pytestmark = pytest.mark.slow  # per-block programs compiled
+
 
 @pytest.fixture(scope="module")
 def block_programs(captured_call):

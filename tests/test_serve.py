@@ -16,6 +16,8 @@ from conftest import TEST_DIR
 from test_app import BAD_REQUESTS, PARAMETERS
 from tests.serve_harness import Served
 
+pytestmark = pytest.mark.servers  # Ray Serve and its replicas
+
 pytest.importorskip("ray.serve")
 
 

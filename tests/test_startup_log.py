@@ -18,6 +18,8 @@ import startup
 from conftest import ROOT
 from zerogpu.harness import free_port
 
+pytestmark = pytest.mark.servers  # python app.py
+
 STAGES = ["import", "load", "cache lookup", "capture", "export", "compile", "apply", "launch"]  # quantize: FP8 GPUs only
 # Exactly as the libraries printed them before startup.py filtered them (or the app stopped causing them).
 NOISE = [

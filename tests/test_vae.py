@@ -9,6 +9,8 @@ import vae
 from config import EMBEDDED_MODEL, OptimizationConfig
 from plan import Plan
 
+pytestmark = pytest.mark.slow  # VAE decoders compiled
+
 
 def load_vae() -> AutoencoderKL:
     return AutoencoderKL.from_pretrained(EMBEDDED_MODEL, subfolder="vae").eval()

@@ -11,6 +11,7 @@ model in bf16 on CUDA, FP8 where the card has it; bench/results/zerogpu-h200/ ho
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ import aoti
 from conftest import ROOT
 from test_app import BAD_REQUESTS
 from zerogpu import harness
+
+pytestmark = pytest.mark.servers  # two app servers and a device API
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +52,9 @@ def servers(device_api, tmp_path_factory):
     except harness.HarnessError as error:
         pytest.fail(str(error))
     yield zerogpu, reference
-    harness.stop(zerogpu)
-    harness.stop(reference)
+    for server in (zerogpu, reference):
+        harness.stop(server)
+        shutil.rmtree(server.tmp, ignore_errors=True)
 
 
 def infer(client: Client, seed: int, width: int = 512, height: int = 256, steps: int = 2, *lora) -> bytes:

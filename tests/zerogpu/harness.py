@@ -9,6 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,11 +77,12 @@ def free_port() -> int:
 def serve(folder: Path, zerogpu: bool, env: dict[str, str], timeout: float = STARTUP_TIMEOUT) -> Server:
     """Start serve_app.py in its own process (with spaces' ZeroGPU mode or without); return once it serves."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tmp").mkdir(exist_ok=True)
+    # Where extracted programs would pile up; short, as multiprocessing's socket paths in it must fit in 107 bytes.
+    tmp = Path(tempfile.mkdtemp(prefix="zerogpu-", dir="/tmp"))
     port = free_port()
     env = {
         **os.environ, **env,
-        "TMPDIR": str(folder / "tmp"),  # where extracted programs would pile up
+        "TMPDIR": str(tmp),
         "GRADIO_TEMP_DIR": str(folder / "gradio"),
         "GRADIO_EXAMPLES_CACHE": str(folder / "examples"),
         "GRADIO_SERVER_PORT": str(port),
@@ -94,7 +96,7 @@ def serve(folder: Path, zerogpu: bool, env: dict[str, str], timeout: float = STA
     started = time.time()
     process = subprocess.Popen([sys.executable, str(HERE / "serve_app.py")], cwd=ROOT, env=env,
                                stdout=log.open("w"), stderr=subprocess.STDOUT)
-    server = Server(process, f"http://127.0.0.1:{port}/", folder / "report.jsonl", folder / "tmp", log, started)
+    server = Server(process, f"http://127.0.0.1:{port}/", folder / "report.jsonl", tmp, log, started)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
