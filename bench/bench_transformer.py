@@ -31,6 +31,7 @@ import aoti
 import optimization
 from attention import set_attention_backend
 from bench.compile_phases import compile_phases
+from compile_options import persistent_rows_up_to
 from config import EMBEDDED_MODEL, MAX_SEQUENCE_LENGTH, OptimizationConfig
 from plan import Plan
 
@@ -382,7 +383,7 @@ def run_rung(
     plan = Plan.assumed(config, rung.fp8 or None, attention)
     extra = dict(attention=attention, fp8=rung.fp8, regional=rung.regional, static_sizes=static_sizes,
                  fused_quant=rung.fused_quant, fused_ff_quant=rung.fused_ff_quant, fp8_attention=rung.fp8_attention,
-                 fp8_text_stream=rung.fp8_text_stream, persistent_up_to=rung.persistent_up_to,
+                 fp8_text_stream=rung.fp8_text_stream, persistent_up_to=persistent_rows_up_to(config, plan.fp8),  # as compiled
                  merge_duplicates=rung.merge_duplicates, rope_pairs_split=rung.rope_pairs_split)
     if rung.kind == "eager":
         measure(name, model, extra)
