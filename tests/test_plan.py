@@ -64,9 +64,15 @@ def test_the_plan_follows_the_table(monkeypatch, transformer, capability):
     assert bool(plan.steps_down) == (fp8 is None)  # "no FP8: ..." says why
 
 
-def test_every_architecture_says_why():
-    for arch in (*hardware.ARCHITECTURES.values(), hardware.SAFEST):
-        assert arch.why and arch.name
+def test_a_card_without_fp8_says_why_in_the_log_and_the_status(monkeypatch, transformer, caplog):
+    """The table's reason, not a generic one: Ampere's rows and a card the table does not know (Turing, sm_75)."""
+    for capability in [c for c, arch in hardware.ARCHITECTURES.items() if arch.fp8 is None] + [(7, 5)]:
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="plan"):
+            plan = decide(monkeypatch, transformer, capability)
+        why = hardware.architecture(capability).why
+        assert plan.fp8 is None and why and f"FP8 off: no FP8: {why}" in caplog.text
+        assert why in plan.summary()
 
 
 def test_hopper_tries_fa3_when_attention_stays_bf16(monkeypatch, transformer, caplog):
