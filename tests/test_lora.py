@@ -21,8 +21,6 @@ from fp8_kernels.rope_pairs import ROW_ORDER
 from lora import HubLora, LocalLora, LoraError, LoraFuser, LoraLibrary, check_scale, keep_masters, resolve
 from lora.library import _pick_weight_file
 
-pytestmark = pytest.mark.slow  # whole pipelines compiled
-
 LORA_DIR = ROOT / "assets" / "loras"
 PIXELS = 1e-4  # as test_pipeline: compiled and eager images agree to this (pixel values in [0, 1])
 
@@ -85,6 +83,7 @@ def assert_same(before, after):
     assert not changed, f"{len(changed)} tensors changed, e.g. {changed[:3]}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, scale", [("tiny-style", 1.0), ("tiny-detail", 1.0), ("tiny-kohya", 1.0), ("tiny-style", 0.5)])
 def test_compiled_image_with_a_lora_equals_diffusers_eager_lora(compiled, library, base_image, name, scale):
     pipe, fuser = compiled
@@ -95,6 +94,7 @@ def test_compiled_image_with_a_lora_equals_diffusers_eager_lora(compiled, librar
     assert np.abs(image - reference).max() < PIXELS
 
 
+@pytest.mark.slow
 def test_switching_loras_equals_loading_the_second_fresh_and_none_restores_the_base_bit_for_bit(
     compiled, library, base_image
 ):
@@ -111,6 +111,7 @@ def test_switching_loras_equals_loading_the_second_fresh_and_none_restores_the_b
         assert np.array_equal(generate(pipe), base_image)
 
 
+@pytest.mark.slow
 def test_scale_zero_is_no_lora_and_the_same_request_again_writes_nothing(compiled, library, base_image, monkeypatch):
     pipe, fuser = compiled
     style = library.load("tiny-style")
@@ -128,6 +129,7 @@ def test_scale_zero_is_no_lora_and_the_same_request_again_writes_nothing(compile
         assert np.array_equal(generate(pipe), base_image)
 
 
+@pytest.mark.slow
 def test_nothing_is_recompiled_and_no_tensor_moves(compiled, library, monkeypatch):
     pipe, fuser = compiled
     compiles = []
@@ -145,6 +147,7 @@ def test_nothing_is_recompiled_and_no_tensor_moves(compiled, library, monkeypatc
     assert [dict(f.runners._loaded) for f in forwards] == runners  # the same loaded programs
 
 
+@pytest.mark.slow
 def test_a_lora_on_the_text_encoder_is_fused_there_too_and_removed_on_switch(compiled, library, base_image):
     """The CLIP text encoder runs eagerly: its layers are written in place like the transformer's eager ones."""
     pipe, fuser = compiled
@@ -179,6 +182,7 @@ def test_bad_names_are_refused_naming_the_field(name, message):
         LoraLibrary(LORA_DIR).load(name)
 
 
+@pytest.mark.slow
 def test_files_that_are_not_safetensors_loras_are_refused_and_nothing_changes(compiled, tmp_path):
     pipe, fuser = compiled
     fuser.activate(None)
@@ -198,6 +202,7 @@ def test_files_that_are_not_safetensors_loras_are_refused_and_nothing_changes(co
     assert_same(before, live_weights(fuser))
 
 
+@pytest.mark.slow
 def test_a_lora_that_reshapes_a_layer_is_refused_and_nothing_changes(compiled, tmp_path):
     """Like a Control LoRA, which widens x_embedder's input for its conditioning image."""
     pipe, fuser = compiled
@@ -284,6 +289,7 @@ def fp8_compiled():
         return compiled_pipeline(torch.bfloat16, fp8_granularity="row")  # patched only while compiling
 
 
+@pytest.mark.slow
 def test_fp8_layers_get_the_quantized_sum_of_master_and_lora_and_back(fp8_compiled, library, monkeypatch):
     allow_fp8_on_cpu(monkeypatch)
     pipe, fuser = fp8_compiled
@@ -311,6 +317,7 @@ def test_fp8_layers_get_the_quantized_sum_of_master_and_lora_and_back(fp8_compil
         assert np.array_equal(generate(pipe), base_image)
 
 
+@pytest.mark.slow
 def test_a_bf16_text_stream_in_fp8_blocks_takes_the_lora_too(library, monkeypatch):
     pretend_gpu(monkeypatch, (9, 0))
     pipe, fuser = compiled_pipeline(torch.bfloat16, fp8_granularity="row", fp8_text_stream=False)
@@ -328,6 +335,7 @@ def test_a_bf16_text_stream_in_fp8_blocks_takes_the_lora_too(library, monkeypatc
         assert_same(base, live_weights(fuser))
 
 
+@pytest.mark.slow
 def test_q_and_k_stored_with_rope_pairs_split_take_the_lora_in_their_row_order(library, monkeypatch):
     """With the static-q/k FP8 attention, q and k's projection rows are stored permuted (fp8_kernels/rope_pairs.py):
     the LoRA is fused in the layer's own order, then stored in theirs."""
@@ -365,6 +373,7 @@ def test_a_layer_stored_permuted_gets_its_master_back_in_order():
     assert torch.equal(layer.weight, original[rows])
 
 
+@pytest.mark.slow
 def test_fp8_needs_masters_kept_before_quantizing(fp8_compiled):
     pipe, _ = fp8_compiled
     with pytest.raises(ValueError, match="keep_masters before optimize_pipeline_"):
@@ -383,6 +392,7 @@ def test_the_shipped_loras_are_what_build_loras_makes(tmp_path):
         assert (tmp_path / path).stat().st_size < 64_000
 
 
+@pytest.mark.slow
 def test_the_whole_transformer_compiled_with_fused_qkv_takes_a_lora_too(library):
     """Programs that bind their weights as constants (regional=False) read them by address too; with fused
     QKV, the LoRA's q, k and v layers are row blocks of one projection."""
@@ -396,6 +406,7 @@ def test_the_whole_transformer_compiled_with_fused_qkv_takes_a_lora_too(library)
         assert np.array_equal(generate(pipe), base)
 
 
+@pytest.mark.slow
 def test_a_forked_process_can_take_the_lock_another_thread_held_at_the_fork(compiled):
     import os
     import threading
@@ -419,6 +430,7 @@ def test_a_forked_process_can_take_the_lock_another_thread_held_at_the_fork(comp
     assert os.waitpid(pid, 0)[1] == 0
 
 
+@pytest.mark.slow
 def test_an_eager_pipeline_takes_the_same_loras(library, base_image):
     """AoT compilation off (AOTI=0): every layer is a module's own parameter, written the same way."""
     pipe = load_pipeline()
@@ -429,6 +441,7 @@ def test_an_eager_pipeline_takes_the_same_loras(library, base_image):
         assert np.abs(generate(pipe) - base_image).max() < PIXELS
 
 
+@pytest.mark.slow
 def test_an_xlabs_lora_equals_diffusers_eager_lora_too(compiled, base_image, tmp_path):
     """XLabs' format (fused q, k, v factors per block) goes through diffusers' own converter, as eager diffusers does."""
     pipe, fuser = compiled
