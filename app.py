@@ -16,6 +16,11 @@ from typing import Any
 import startup
 
 startup.configure_logging()  # first: some of the libraries below log while they are imported
+# Before CUDA starts: the VAE decoder at 2048x2048 frees and allocates GB-sized activations of changing sizes, and in
+# fixed-size segments the caching allocator held 43 GB for a 32 GB peak (bench/results/zerogpu-memory-h100), more than
+# ZeroGPU's `large` can spare. Segments that grow keep what the card holds near what is used. An author's own setting wins.
+if not (os.environ.get("PYTORCH_ALLOC_CONF") or os.environ.get("PYTORCH_CUDA_ALLOC_CONF")):
+    os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 startup_seconds: dict[str, float] = {}  # per stage, for the "ready" line
 with startup.stage("import", startup_seconds):
     import gradio as gr

@@ -58,10 +58,11 @@ MARGIN = 1.25
 PRIOR_STEP = (4096, 0.6)  # (image tokens, seconds per step): a 1024x1024 step
 PRIOR_FIXED = 20.0
 PRIOR_LORA_SWITCH = 5.0  # 6x the slowest switch measured on an H200 (rank 128 over every linear, FP8: 0.82 s)
-# A fresh worker's fixed costs: about 10 s of a 12.2-12.7 s FLUX.1-dev request on an H200, 7 s of it the
-# weights' move (README, ZeroGPU). ZeroGPU may fork a fresh worker for any request (after an idle spell, on
-# another GPU): a run of reused workers (0.3 s) must not teach the estimate that it never will.
-FRESH_WORKER_SECONDS = 10.0
+# A fresh worker's fixed costs: 13.0-16.6 s of FLUX.1-dev requests on an H100 under a 48 GB cap, 11.6-15.3 s of it
+# moving the whole pipeline's 22 GB into the worker (bench/results/zerogpu-memory-h100/fixed-segments.json). ZeroGPU may
+# fork a fresh worker for any request (after an idle spell, on another GPU): a run of reused workers (0.3 s) must not
+# teach the estimate that it never will.
+FRESH_WORKER_SECONDS = 17.0
 # Requests the largest is taken over. Steps: the card is fixed for the process, so a few show its rate. Fixed
 # costs: long enough to hold a fresh worker's among reused ones; an outlier (a long wait in ZeroGPU's queue,
 # counted in the wall time) is forgotten after as many requests.

@@ -60,9 +60,10 @@ ARCHITECTURES = {
 SAFEST = Architecture("not in the table", None, False, False, "unknown to this template: bf16, PyTorch's SDPA")
 CPU = Architecture("CPU", None, False, False, "no CUDA GPU")
 SPARE = 0.10  # of the card's memory left free at every size the UI offers
-# Peak memory of a request beyond the weights, per output pixel: the VAE decoder's activations dominate (FLUX.1-dev's
-# VAE at 2048x2048: 32.2 GB peak against 23.4 GB at 1024x1024, H100, ../shared/notes/facts.md).
-REQUEST_BYTES_PER_PIXEL = 2_200
+# Peak memory of a request beyond the weights, per output pixel: the VAE decoder's activations dominate. FLUX.1-dev
+# at 2048x2048 under a 48 GB cap: up to 32.8 GB allocated over the worker's 22.0 GB of weights, 2,575 bytes a pixel
+# (H100, bench/results/zerogpu-memory-h100/fixed-segments.json).
+REQUEST_BYTES_PER_PIXEL = 2_600
 
 
 @dataclass(frozen=True)

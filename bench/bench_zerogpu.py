@@ -195,6 +195,7 @@ def peaks(event: dict | None) -> dict:
         "before_call_peak_allocated_gb": event.get("before_max_allocated_bytes", 0) / GB,
         "outside_allocator_gb": outside / GB, "device_peak_gb": (reserved + outside) / GB,
         "allocated_at_end_gb": event["allocated_bytes"] / GB, "device_used_at_end_gb": event["device_used_bytes"] / GB,
+        "expandable_segments": event.get("expandable_segments"),
     }
 
 

@@ -33,6 +33,13 @@ COLDSTART = [RESULTS / f"coldstart-h200-{name}.json" for name in ("fp8", "bf16",
 STARTUP = RESULTS / "startup-cpu.json"
 ZEROGPU = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev.json"
 ZEROGPU_LORA = RESULTS / "zerogpu-h200" / "zerogpu-h200-flux-dev-lora-cudnn.json"
+# Each plan of plan.py on one card, forced where the card is another (AOTI_FAIL_PROBES); the later file re-measured
+# Blackwell's plan after a fix, so it comes last.
+PLANS = [RESULTS / "plans-h100" / name for name in ("pipeline.json", "pipeline-sm120-fixed.json")]
+PLAN_VARIANTS = {"eager": "eager", "aot": "Hopper's plan", "aot_sm120": "Blackwell's (FP8 per tensor, bf16 attention)",
+                 "aot_safest": "no FP8"}
+# Under a 48 GB cap, oldest first; the README quotes the last. The app's expandable segments are not measured yet.
+ZEROGPU_MEMORY = [RESULTS / "zerogpu-memory-h100" / "fixed-segments.json"]
 PIPELINE = sorted((RESULTS / "pipeline-h200").glob("*.json"))
 # README.md's seconds per image: the app's default ("aot") as last measured; eager and torch.compile from every run.
 PIPELINE_DEFAULT = RESULTS / "pipeline-h200" / "eager-aot-rope-pairs-split.json"
@@ -245,10 +252,11 @@ def render_summary(rows: list[dict], coldstart: Path) -> str:
     ])
 
 
-def pipeline_rows(paths: list[Path]) -> list[dict]:
-    """bench_pipeline rows, each with its run and its speed-up against the same run's eager image."""
+def pipeline_rows(paths: list[Path], ordered: bool = False) -> list[dict]:
+    """bench_pipeline rows, each with its run and its speed-up against the same run's eager image; the files in natural
+    order of their names unless `ordered` (as given)."""
     rows = []
-    for path in sorted(paths, key=natural):
+    for path in paths if ordered else sorted(paths, key=natural):
         run = {**json.loads(path.read_text()), "path": path}
         eager = {r["workload"]: r["seconds"] for r in run["rows"] if r["variant"] == "eager"}
         rows += [{**r, "run": run, "speedup": eager[r["workload"]] / r["seconds"] if r["workload"] in eager else None}
@@ -279,6 +287,16 @@ def render_pipeline_summary(paths: list[Path], default: Path) -> str:
             f"{span([r['images_per_minute'] for r in eager], '.0f')} -> {span([r['images_per_minute'] for r in aot], '.0f')} |"
         )
     return "\n".join(lines)
+
+
+def render_plans_summary(paths: list[Path], workload: str = "1024x1024x28") -> str:
+    """README's sentence on what each plan costs on the card measured: a later file's variant replaces an earlier one's."""
+    latest = {r["variant"]: r for r in pipeline_rows(paths, ordered=True) if r["workload"] == workload}
+    eager = latest["eager"]
+    cells = [f"{label} {latest[variant]['seconds']:.2f} s" + (f" ({latest[variant]['speedup']:.2f}x)" * (variant != "eager"))
+             for variant, label in PLAN_VARIANTS.items() if variant in latest]
+    where = f"On an {short_card(eager['run']['env']['card'])} (FLUX.1-dev, random weights, {workload_label(eager)})"
+    return f"{where}: " + "; ".join(cells) + "."
 
 
 def speedup(row: dict) -> str:
@@ -501,6 +519,55 @@ def render_zerogpu_requests(path: Path) -> str:
     ])
 
 
+def memory_rows(run: dict) -> list[tuple[str, dict]]:
+    """(call, peaks) of a bench_zerogpu --memory-cap-gb run: the startup compile, then each request."""
+    rows = []
+    for start in run["starts"]:
+        rows.append((f"startup ({start['start']})", start["startup_peak"]))
+        rows += [(f"{r['width']}x{r['height']}, {r['worker']} worker, LoRA {r.get('lora') or 'none'}", r)
+                 for r in start["requests"]]
+    return rows
+
+
+def segments(run: dict) -> str:
+    """How the workers' allocator kept its memory, as they reported it; runs from before the report are fixed."""
+    return "expandable" if all(p.get("expandable_segments") for _, p in memory_rows(run)) else "fixed"
+
+
+def render_zerogpu_memory(paths: list[Path]) -> str:
+    """Peak GPU memory per call under a memory cap standing in for ZeroGPU's `large`, one table per run."""
+    out = []
+    for path in paths:
+        run = json.loads(path.read_text())
+        out += [
+            f"{run['card']} capped at {run['memory_cap_gb']:.0f} GB (GB = 10^9 bytes), torch {run['torch']}, "
+            f"{segments(run)} allocator segments: `{command(run['command'], path)}`", "",
+            "| call | allocated | reserved | device (reserved + outside the allocator) |", "|---|---:|---:|---:|",
+            *[f"| {call} | {p['peak_allocated_gb']:.1f} GB | {p['peak_reserved_gb']:.1f} GB | {p['device_peak_gb']:.1f} GB |"
+              for call, p in memory_rows(run)],
+            "", f"Largest: {run['memory']['largest']}, {run['memory']['verdict']} ({run['line_90_gb']:.1f} GB).", "",
+        ]
+    return "\n".join(out).rstrip()
+
+
+def render_zerogpu_memory_summary(path: Path) -> str:
+    """README's sentence: the default's peaks under the cap, against the line that leaves 10% spare."""
+    run = json.loads(path.read_text())
+    startup = max(p["device_peak_gb"] for call, p in memory_rows(run) if call.startswith("startup"))
+    by_size: dict[str, list[dict]] = {}
+    for r in (r for start in run["starts"] for r in start["requests"]):
+        by_size.setdefault(f"{r['width']}x{r['height']}", []).append(r)
+    sizes = ", ".join(f"{size} {max(r['device_peak_gb'] for r in rs):.1f} GB ({max(r['peak_allocated_gb'] for r in rs):.1f} "
+                      "allocated)" for size, rs in by_size.items())
+    return (f"Peak GPU memory under a {run['memory_cap_gb']:.0f} GB cap ({short_card(run['card'])} as `large`; FLUX.1-dev, "
+            f"rank-{option(run['command'], '--lora-rank', '0')} LoRA or none, {segments(run)} "
+            f"segments): startup {startup:.1f} GB, {sizes}; 10% spare is under {run['line_90_gb']:.1f} GB.")
+
+
+def short_card(name: str) -> str:
+    return re.sub(r"^NVIDIA (\w+) .*", r"\1", name)  # "NVIDIA H100 80GB HBM3": "H100"
+
+
 def render_serve(paths: list[Path]) -> str:
     """bench_serve runs: the plain app and Ray Serve, side by side, per run."""
     out = []
@@ -539,6 +606,9 @@ def sections() -> dict[str, str]:
         "zerogpu": render_zerogpu(ZEROGPU),
         "zerogpu-lora": render_zerogpu_requests(ZEROGPU_LORA),
         "serve": render_serve(SERVE),
+        "plans": render_plans_summary(PLANS),
+        "zerogpu-memory": render_zerogpu_memory(ZEROGPU_MEMORY),
+        "zerogpu-memory-summary": render_zerogpu_memory_summary(ZEROGPU_MEMORY[-1]),
     }
 
 

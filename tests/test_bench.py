@@ -67,6 +67,43 @@ def test_seconds_per_image_are_against_eager_of_the_same_run_and_the_default_fro
     assert "| 1024x1024, 28 steps | 4.80-5.20 s | 3.00 s (1.60x) | 2.80 s (1.86x) | 12 -> 21 |" in summary
 
 
+def test_each_plan_is_quoted_from_the_latest_file_that_measured_it(tmp_path):
+    def run(name: str, **seconds_by_variant: float) -> Path:
+        rows = [dict(variant=variant, workload="1024x1024x28", seconds=seconds) for variant, seconds in seconds_by_variant.items()]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(dict(env=dict(card="NVIDIA H100 80GB HBM3", command=name), rows=rows)))
+        return path
+
+    # The second file re-measured Blackwell's plan after a fix: its row, against its own eager image, replaces the first's.
+    files = [run("pipeline", eager=5.0, aot=2.5, aot_sm120=40.0), run("pipeline-sm120-fixed", eager=5.2, aot_sm120=2.6)]
+    sentence = report.render_plans_summary(files)
+    assert sentence.startswith("On an H100 (")
+    assert "Hopper's plan 2.50 s (2.00x)" in sentence and "3.48" not in sentence
+    assert "(FP8 per tensor, bf16 attention) 2.60 s (2.00x)" in sentence and "40.00" not in sentence
+
+
+def test_the_memory_summary_gives_each_sizes_largest_peak_and_the_segments_the_workers_had(tmp_path):
+    def peak(device: float, allocated: float, expandable: bool | None) -> dict:
+        return dict(device_peak_gb=device, peak_allocated_gb=allocated, peak_reserved_gb=device - 1, expandable_segments=expandable)
+
+    def run(expandable: bool | None) -> Path:
+        requests = [dict(width=w, height=w, worker=worker, lora="", **peak(device, allocated, expandable))
+                    for w, worker, device, allocated in [(1024, "fresh", 26.0, 23.4), (2048, "fresh", 40.0, 32.0),
+                                                        (2048, "reused", 44.0, 32.8), (1024, "reused", 30.0, 24.2)]]
+        path = tmp_path / f"{expandable}.json"
+        path.write_text(json.dumps(dict(
+            card="NVIDIA H100 80GB HBM3", torch="t", memory_cap_gb=48.0, line_90_gb=43.2, command="bench_zerogpu.py --lora-rank 16",
+            memory=dict(largest="request reused 2048x2048", verdict="over the 90% line by 0.8 GB"),
+            starts=[dict(start="empty cache", startup_peak=peak(37.1, 34.6, expandable), requests=requests)])))
+        return path
+
+    summary = report.render_zerogpu_memory_summary(run(None))  # a run from before the workers reported their segments
+    assert "rank-16 LoRA" in summary and "fixed segments" in summary and "startup 37.1 GB" in summary
+    assert "1024x1024 30.0 GB (24.2 allocated), 2048x2048 44.0 GB (32.8 allocated)" in summary
+    assert "expandable segments" in report.render_zerogpu_memory_summary(run(True))
+    assert "| 2048x2048, reused worker, LoRA none | 32.8 GB | 43.0 GB | 44.0 GB |" in report.render_zerogpu_memory([run(True)])
+
+
 def test_the_summary_shows_the_range_over_runs(tmp_path):
     cold = tmp_path / "cold.json"
     cold.write_text(json.dumps({"rows": {"aot, empty caches": {"compile_or_load_s": 60.3},

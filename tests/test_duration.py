@@ -64,7 +64,7 @@ def test_the_prior_reserves_before_any_request_is_measured():
 
 def test_a_step_measured_at_1024_is_scaled_to_2048_by_flops_not_pixels():
     r = reservation(margin=1.0)
-    call(r, 1024, 1024, 28, per_step=0.4, fixed=12.0)
+    call(r, 1024, 1024, 28, per_step=0.4, fixed=20.0)
     tokens = (1024 // 16) ** 2, (2048 // 16) ** 2
     # from the independent count: linear in (image + 512 text) tokens, attention in their square
     scale = (tokens[1] + 512) / (tokens[0] + 512)
@@ -72,9 +72,9 @@ def test_a_step_measured_at_1024_is_scaled_to_2048_by_flops_not_pixels():
     assert ratio > 5.5  # not the 4x of the pixels
     assert r.step_seconds(tokens[1]) == pytest.approx(0.4 * ratio, rel=0.02)
     assert r.step_seconds(tokens[0]) == pytest.approx(0.4)
-    need = 12.0 + 50 * 0.4 * ratio  # fixed + steps
+    need = 20.0 + 50 * 0.4 * ratio  # fixed + steps
     assert r.seconds(2048, 2048, 50, "") == pytest.approx(need, abs=2)
-    assert r.seconds(1024, 1024, 28, "") == math.ceil(12.0 + 28 * 0.4 - 1e-9)
+    assert r.seconds(1024, 1024, 28, "") == math.ceil(20.0 + 28 * 0.4 - 1e-9)
 
 
 def test_the_slowest_recent_step_rate_is_kept():
@@ -108,15 +108,15 @@ def test_fixed_costs_follow_the_wall_times_measured_around_the_call():
     call(r, steps=10, per_step=0.5, fixed=25.0)  # a fresh worker: fork, the weights' move, CUDA-graph capture
     assert r.estimate(1024, 1024, 10, "").fixed == pytest.approx(25.0)
     assert r.seconds(1024, 1024, 10, "") == 30  # 25 + 10 * 0.5
-    call(r, steps=10, per_step=0.5, fixed=11.0)  # a reused worker: the fresh one's cost is kept
+    call(r, steps=10, per_step=0.5, fixed=18.0)  # a cheaper call: the fresh one's cost is kept
     assert r.estimate(1024, 1024, 10, "").fixed == pytest.approx(25.0)
     for _ in range(duration.FIXED_WINDOW):
-        call(r, steps=10, per_step=0.5, fixed=11.0)
-    assert r.estimate(1024, 1024, 10, "").fixed == pytest.approx(11.0)
+        call(r, steps=10, per_step=0.5, fixed=18.0)
+    assert r.estimate(1024, 1024, 10, "").fixed == pytest.approx(18.0)
     reused = reservation(margin=1.0)
     for _ in range(3):
         call(reused, steps=10, per_step=0.5, fixed=0.3)  # reused workers only: a fresh one may still come
-    assert reused.estimate(1024, 1024, 10, "").fixed >= 9.5  # a fresh worker's on an H200 (README, ZeroGPU)
+    assert reused.estimate(1024, 1024, 10, "").fixed == duration.FRESH_WORKER_SECONDS  # a fresh worker's, measured
 
 
 def test_the_reservation_stays_within_zerogpus_limits():
@@ -156,11 +156,11 @@ def test_a_call_that_failed_past_its_reservation_lengthens_the_next():
 
 def test_one_log_line_per_reservation_and_a_warning_when_a_call_outlasted_it(caplog):
     r = reservation()
-    call(r, per_step=0.41, fixed=12.0)
+    call(r, per_step=0.41, fixed=20.0)
     with caplog.at_level(logging.INFO, logger="duration"):
         seconds = r.seconds(1024, 1024, 28, "")
     [line] = [record.getMessage() for record in caplog.records]
-    assert line == f"reserved {seconds} s for 1024x1024, 28 steps (0.41 s/step measured at 4096 tokens, 12.0 s fixed)"
+    assert line == f"reserved {seconds} s for 1024x1024, 28 steps (0.41 s/step measured at 4096 tokens, 20.0 s fixed)"
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="duration"):
         call(r, per_step=0.41, fixed=12.0)

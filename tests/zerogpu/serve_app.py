@@ -120,6 +120,8 @@ def memory(prefix: str = "") -> dict:
             f"{prefix}allocated_bytes": torch.cuda.memory_allocated(),
             f"{prefix}reserved_bytes": torch.cuda.memory_reserved(),
             f"{prefix}device_used_bytes": total - free,  # every process's memory on the card, CUDA contexts included
+            # whether the allocator grows its segments (PYTORCH_CUDA_ALLOC_CONF, set by app.py) or keeps fixed ones
+            f"{prefix}expandable_segments": any(s.get("is_expandable") for s in torch.cuda.memory_snapshot()),
         }
     except RuntimeError as error:  # a CUDA error left sticky by the call: report that instead of failing here
         return {f"{prefix}memory_error": str(error)[:500]}
