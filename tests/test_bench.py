@@ -84,7 +84,8 @@ def test_each_plan_is_quoted_from_the_latest_file_that_measured_it(tmp_path):
 
 def test_the_memory_summary_gives_each_sizes_largest_peak_and_the_segments_the_workers_had(tmp_path):
     def peak(device: float, allocated: float, expandable: bool | None) -> dict:
-        return dict(device_peak_gb=device, peak_allocated_gb=allocated, peak_reserved_gb=device - 1, expandable_segments=expandable)
+        return dict(device_peak_gb=device, peak_allocated_gb=allocated, peak_reserved_gb=device - 1,
+                    expandable_segments=expandable)
 
     def run(expandable: bool | None) -> Path:
         requests = [dict(width=w, height=w, worker=worker, lora="", **peak(device, allocated, expandable))
@@ -92,7 +93,8 @@ def test_the_memory_summary_gives_each_sizes_largest_peak_and_the_segments_the_w
                                                         (2048, "reused", 44.0, 32.8), (1024, "reused", 30.0, 24.2)]]
         path = tmp_path / f"{expandable}.json"
         path.write_text(json.dumps(dict(
-            card="NVIDIA H100 80GB HBM3", torch="t", memory_cap_gb=48.0, line_90_gb=43.2, command="bench_zerogpu.py --lora-rank 16",
+            card="NVIDIA H100 80GB HBM3", torch="t", memory_cap_gb=48.0, line_90_gb=43.2,
+            command="bench_zerogpu.py --lora-rank 16",
             memory=dict(largest="request reused 2048x2048", verdict="over the 90% line by 0.8 GB"),
             starts=[dict(start="empty cache", startup_peak=peak(37.1, 34.6, expandable), requests=requests)])))
         return path
@@ -101,7 +103,8 @@ def test_the_memory_summary_gives_each_sizes_largest_peak_and_the_segments_the_w
     assert "rank-16 LoRA" in summary and "fixed segments" in summary and "startup 37.1 GB" in summary
     assert "1024x1024 30.0 GB (24.2 allocated), 2048x2048 44.0 GB (32.8 allocated)" in summary
     assert "expandable segments" in report.render_zerogpu_memory_summary(run(True))
-    assert "| 2048x2048, reused worker, LoRA none | 32.8 GB | 43.0 GB | 44.0 GB |" in report.render_zerogpu_memory([run(True)])
+    table = report.render_zerogpu_memory([run(True)])
+    assert "| 2048x2048, reused worker, LoRA none | 32.8 GB | 43.0 GB | 44.0 GB |" in table
 
 
 def test_the_summary_shows_the_range_over_runs(tmp_path):
