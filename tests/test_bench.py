@@ -69,7 +69,7 @@ def test_seconds_per_image_are_against_eager_of_the_same_run_and_the_default_fro
 
 def test_each_plan_is_quoted_from_the_latest_file_that_measured_it(tmp_path):
     def run(name: str, **seconds_by_variant: float) -> Path:
-        rows = [dict(variant=variant, workload="1024x1024x28", seconds=seconds) for variant, seconds in seconds_by_variant.items()]
+        rows = [dict(variant=variant, workload="1024x1024x28", seconds=s) for variant, s in seconds_by_variant.items()]
         path = tmp_path / f"{name}.json"
         path.write_text(json.dumps(dict(env=dict(card="NVIDIA H100 80GB HBM3", command=name), rows=rows)))
         return path
