@@ -255,7 +255,7 @@ def infer(
         height: Image height in pixels: a multiple of 32 from 256 to 2048. Other values are rejected.
         guidance_scale: How closely to follow the prompt, from 1 to 15 (FLUX.1-dev: 3.5); schnell-like models ignore it.
         num_inference_steps: Denoising steps, from 1 to the Space's maximum (50 by default); FLUX.1-dev uses 28, schnell 4.
-        lora: A LoRA: "" for none, a name from the Space's list, or a Hub repo as owner/name or owner/name:file.safetensors.
+        lora: A LoRA: "" for none, a name from the Space's list, or a Hub repo as owner/name[@revision][:file.safetensors].
         lora_scale: How strongly the LoRA applies, from 0 to 2 (1: as trained, 0: not at all).
 
     Returns:

@@ -45,6 +45,9 @@ MAX_NAME_LENGTH = 256
 # (down, up, alpha, bias). Twice that, for formats that split a layer (XLabs' qkv).
 MAX_TENSORS = 2 * 4 * 600
 MAX_HEADER_BYTES = 8 << 20  # a full-model LoRA's header is about 0.3 MB
+# The largest file read: FLUX LoRAs are 20-600 MB (rank 128 over every linear, bf16: about 1.3 GB). Checked from the
+# Hub's metadata before a download, so a visitor cannot make the Space fetch (and keep on disk) anything larger.
+MAX_FILE_BYTES = 2 << 30
 # The LoRA settings diffusers' metadata may carry that this module uses; any other field (target_modules, a regex
 # string to PEFT, among them) is dropped.
 CONFIG_FIELDS = ("r", "lora_alpha", "rank_pattern", "alpha_pattern", "use_rslora", "use_dora")
@@ -81,13 +84,20 @@ class Lora:
 
 
 def hub_file(source: HubLora, token: str | bool = False) -> Path:
-    """The LoRA file of a Hub repo, downloaded into the Hub cache (or found there). `token`: False for anonymous
-    access (huggingface_hub would otherwise send HF_TOKEN by itself), or the token to send."""
-    from huggingface_hub import hf_hub_download, list_repo_files
+    """The LoRA file of a Hub repo at its revision, downloaded into the Hub cache (or found there), if it is at most
+    MAX_FILE_BYTES. `token`: False for anonymous access (huggingface_hub would otherwise send HF_TOKEN by itself), or
+    the token to send. A stalled transfer ends after huggingface_hub's read timeout (HF_HUB_DOWNLOAD_TIMEOUT)."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, list_repo_files
 
     try:
-        filename = source.filename or _pick_weight_file(source, list_repo_files(source.repo, token=token))
-        return Path(hf_hub_download(source.repo, filename, token=token))
+        files = None if source.filename else list_repo_files(source.repo, revision=source.revision, token=token)
+        filename = source.filename or _pick_weight_file(source, files)
+        if not constants.HF_HUB_OFFLINE:  # offline, only a file already in the Hub cache is read (check_header bounds it)
+            url = hf_hub_url(source.repo, filename, revision=source.revision)
+            size = get_hf_file_metadata(url, token=token).size
+            if size is not None and size > MAX_FILE_BYTES:
+                raise LoraError(f"{source.name!r} is {size / 1e9:.1f} GB, over the {MAX_FILE_BYTES / 1e9:.1f} GB a LoRA may be")
+        return Path(hf_hub_download(source.repo, filename, revision=source.revision, token=token))
     except LoraError:
         raise
     except Exception as error:  # not found, private, gated, no network, ...
@@ -115,9 +125,12 @@ def shown(text: str, limit: int = 60) -> str:
 
 def check_header(name: str, path: Path) -> None:
     """LoraError unless `path` is a safetensors file of bounded header whose tensor names are plain dotted names."""
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise LoraError(f"{name!r} is {size / 1e9:.1f} GB, over the {MAX_FILE_BYTES / 1e9:.1f} GB a LoRA may be")
     with open(path, "rb") as file:
         header = int.from_bytes(file.read(8), "little")
-    if header > path.stat().st_size - 8:  # a pickle's or any other file's first bytes
+    if header > size - 8:  # a pickle's or any other file's first bytes
         raise LoraError(f"{name!r} is not a safetensors file")
     if header > MAX_HEADER_BYTES:
         raise LoraError(f"{name!r} has a {header / 1e6:.0f} MB header, over the {MAX_HEADER_BYTES / 1e6:.0f} MB a LoRA needs")
@@ -181,6 +194,17 @@ def _root_factors(name: str, root: str, state: dict, alphas: dict, metadata: dic
     incomplete = [layer for layer in layers if f"{layer}.lora_A.weight" not in state or f"{layer}.lora_B.weight" not in state]
     if incomplete:
         raise LoraError(f"{name!r} has a layer without its lora_A or lora_B weight: {incomplete[0]}")
+    for layer in layers:  # before PEFT's config, which a rank of 0 would fail with its own message
+        down, up = state[f"{layer}.lora_A.weight"], state[f"{layer}.lora_B.weight"]
+        if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
+            shapes = f"{tuple(down.shape)}, {tuple(up.shape)}"
+            raise LoraError(f"{name!r}: {root}.{layer} is not a linear layer's LoRA (shapes {shapes})")
+        if not 1 <= down.shape[0] <= max(down.shape[1], up.shape[0]):  # beyond that it is no longer low-rank
+            raise LoraError(f"{name!r}: {root}.{layer} has rank {down.shape[0]}, outside 1..{max(down.shape[1], up.shape[0])}")
+        bias = state.get(f"{layer}.lora_B.bias")
+        # A NaN or an infinity would turn every image it touches black, without a word.
+        if not all(t.isfinite().all() for t in (down, up) + (() if bias is None else (bias,))):
+            raise LoraError(f"{name!r}: {root}.{layer} holds values that are not finite (NaN or infinity)")
     # As diffusers builds the rank patterns (anchored with "^" for the transformer, not for CLIP).
     ranks = {
         (f"^{layer}" if transformer else layer) + ".lora_B.weight": state[f"{layer}.lora_B.weight"].shape[1]
@@ -194,10 +218,9 @@ def _root_factors(name: str, root: str, state: dict, alphas: dict, metadata: dic
         r = config.rank_pattern.get(_pattern_key(config.rank_pattern, layer), config.r)
         alpha = config.alpha_pattern.get(_pattern_key(config.alpha_pattern, layer), config.lora_alpha)
         down, up = state[f"{layer}.lora_A.weight"], state[f"{layer}.lora_B.weight"]
-        if down.ndim != 2 or up.ndim != 2 or up.shape[1] != down.shape[0]:
-            shapes = f"{tuple(down.shape)}, {tuple(up.shape)}"
-            raise LoraError(f"{name!r}: {root}.{layer} is not a linear layer's LoRA (shapes {shapes})")
         scaling = alpha / (math.sqrt(r) if config.use_rslora else r)
+        if not math.isfinite(scaling):
+            raise LoraError(f"{name!r}: {root}.{layer}'s alpha is not finite")
         bias = state.get(f"{layer}.lora_B.bias")
         # Copied out of the file's memory map: the disk is read here, not by the first fuse, and a file replaced
         # on disk cannot change (or crash) a LoRA in use.

@@ -2,6 +2,7 @@
 
     owner/name                        the repo's LoRA (pytorch_lora_weights.safetensors, or its only .safetensors)
     owner/name:file.safetensors       that file of the repo (it may be in a subfolder: owner/name:sub/file.safetensors)
+    owner/name@revision[:file]        the same at a commit, branch or tag: what a Space pins, as a repo's head can change
     name  or  name.safetensors        assets/loras/name.safetensors, or the LoRA in the folder assets/loras/name/
 
 A request is untrusted text: paths, `..`, URLs and other files than .safetensors are refused here,
@@ -20,7 +21,9 @@ WEIGHT_SUFFIX = ".safetensors"
 DEFAULT_WEIGHT_NAME = "pytorch_lora_weights.safetensors"  # what diffusers' save_lora_weights writes
 SCALE_RANGE = (0.0, 2.0)
 _PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
-_HUB_NAME = re.compile(rf"(?P<repo>{_PART}/{_PART})(?::(?P<file>{_PART}(?:/{_PART})*))?")
+_HUB_NAME = re.compile(rf"(?P<repo>{_PART}/{_PART})(?:@(?P<revision>{_PART}(?:/{_PART})*))?(?::(?P<file>{_PART}(?:/{_PART})*))?")
+# Longer than any Hub repo id (96 characters a part), revision and file path a LoRA needs: messages quote the name.
+MAX_NAME_CHARS = 300
 _LOCAL_NAME = re.compile(_PART)
 # Files that unpickle when loaded: named so the error says why rather than "not found".
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -38,10 +41,12 @@ class LoraError(ValueError):
 class HubLora:
     repo: str
     filename: str | None = None  # None: the repo's one LoRA file
+    revision: str | None = None  # None: the repo's head
 
     @property
     def name(self) -> str:
-        return f"{self.repo}:{self.filename}" if self.filename else self.repo
+        at = f"{self.repo}@{self.revision}" if self.revision else self.repo
+        return f"{at}:{self.filename}" if self.filename else at
 
 
 @dataclass(frozen=True)
@@ -60,9 +65,11 @@ def resolve(name: Any, lora_dir: str | Path) -> LoraSource | None:
     name = name.strip()
     if not name:
         return None
+    if len(name) > MAX_NAME_CHARS:
+        raise LoraError(f"{name[:60]!r}... is {len(name)} characters, longer than a LoRA name can be ({MAX_NAME_CHARS})")
     if "://" in name or ".." in name or "\\" in name or name.startswith(("/", "~", ".")):
         raise LoraError(
-            f"{name!r} is not a LoRA name: give owner/name or owner/name:file.safetensors (Hub), or the name of a "
+            f"{name!r} is not a LoRA name: give owner/name[@revision][:file.safetensors] (Hub), or the name of a "
             f"LoRA in the Space's LoRA folder; paths and URLs are not loaded"
         )
     if "/" in name or ":" in name:
@@ -87,11 +94,11 @@ def check_scale(value: Any) -> float:
 def _hub(name: str) -> HubLora:
     match = _HUB_NAME.fullmatch(name)
     if not match:
-        raise LoraError(f"{name!r} is not a Hub LoRA: write owner/name or owner/name:file.safetensors")
+        raise LoraError(f"{name!r} is not a Hub LoRA: write owner/name, owner/name:file.safetensors or owner/name@revision")
     filename = match["file"]
     if filename is not None and not filename.endswith(WEIGHT_SUFFIX):
         raise LoraError(f"only {WEIGHT_SUFFIX} files are loaded, not {filename!r}")
-    return HubLora(match["repo"], filename)
+    return HubLora(match["repo"], filename, match["revision"])
 
 
 def _local(name: str, lora_dir: Path) -> LocalLora:

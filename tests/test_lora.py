@@ -6,6 +6,7 @@ assets/build_loras.py made. FP8 runs on CPU with torchao's hardware check bypass
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -233,6 +234,10 @@ def test_names_resolve_to_the_hub_or_the_lora_folder(tmp_path):
     assert resolve("", LORA_DIR) is None and resolve("  ", LORA_DIR) is None
     assert resolve("owner/name", LORA_DIR) == HubLora("owner/name")
     assert resolve("owner/name:sub/style.safetensors", LORA_DIR) == HubLora("owner/name", "sub/style.safetensors")
+    pinned = resolve("owner/name@0123abc:style.safetensors", LORA_DIR)
+    assert pinned == HubLora("owner/name", "style.safetensors", "0123abc")
+    assert pinned.name == "owner/name@0123abc:style.safetensors"
+    assert resolve("owner/name@refs/pr/1", LORA_DIR) == HubLora("owner/name", None, "refs/pr/1")
     assert resolve("tiny-style", LORA_DIR) == LocalLora("tiny-style", LORA_DIR / "tiny-style.safetensors")
     assert resolve("tiny-style.safetensors", LORA_DIR) == LocalLora("tiny-style.safetensors", LORA_DIR / "tiny-style.safetensors")
     assert resolve("tiny-detail", LORA_DIR).path == LORA_DIR / "tiny-detail" / "pytorch_lora_weights.safetensors"
@@ -546,6 +551,53 @@ def test_oversized_files_are_refused_before_they_are_parsed(tmp_path):
     save_file({"transformer." + "a" * 5000 + ".lora_A.weight": torch.zeros(1, 1)}, tmp_path / "long.safetensors")
     message = loaded_within(LoraLibrary(tmp_path), "long")
     assert message.endswith("aaa...'") and len(message) < 160  # the name cut in the message
+
+
+def test_a_hub_lora_is_fetched_at_its_revision_and_refused_before_download_when_too_large(monkeypatch, tmp_path):
+    """The Hub's metadata gives the file's size: a visitor cannot make the Space fetch and keep a huge file."""
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    save_file(two_layers(torch.Generator().manual_seed(0)), tmp_path / "style.safetensors")
+    sizes = {"owner/small": 10 << 20, "owner/huge": 5 * 10**9}
+    asked, downloaded = [], []
+
+    def metadata(url, token=None, **kwargs):
+        asked.append(url)
+        return SimpleNamespace(size=sizes[url.split("/")[3] + "/" + url.split("/")[4]])
+
+    def download(repo, filename, revision=None, token=None, **kwargs):
+        downloaded.append((repo, filename, revision))
+        return str(tmp_path / "style.safetensors")
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(huggingface_hub, "get_hf_file_metadata", metadata)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", download)
+    library = LoraLibrary(LORA_DIR)
+    with pytest.raises(LoraError, match=r"^lora: 'owner/huge:style.safetensors' is 5.0 GB, over the 2.1 GB a LoRA may be$"):
+        library.load("owner/huge:style.safetensors")
+    assert downloaded == []  # refused from the metadata alone
+    assert library.load("owner/small@v1.0:style.safetensors").name == "owner/small@v1.0:style.safetensors"
+    assert downloaded == [("owner/small", "style.safetensors", "v1.0")] and "/resolve/v1.0/style.safetensors" in asked[-1]
+
+
+def test_names_longer_than_any_lora_name_are_refused_and_not_echoed_whole():
+    message = str(pytest.raises(LoraError, resolve, "owner/" + "n" * 100_000, LORA_DIR).value)
+    assert message.startswith("lora: 'owner/nnn") and "100006 characters" in message and len(message) < 200
+
+
+@pytest.mark.parametrize("change, error", [
+    (lambda t: t.update({k: v[:0] if "lora_A" in k else v[:, :0] for k, v in t.items()}), "has rank 0, outside 1..32"),
+    (lambda t: t["transformer.transformer_blocks.0.attn.to_q.lora_B.weight"].__setitem__((0, 0), float("nan")),
+     "holds values that are not finite (NaN or infinity)"),
+    (lambda t: t["transformer.transformer_blocks.0.attn.to_k.lora_A.weight"].__setitem__((1, 3), float("inf")),
+     "holds values that are not finite (NaN or infinity)"),
+])
+def test_a_rank_0_or_non_finite_lora_is_refused_when_read(tmp_path, change, error):
+    tensors = two_layers(torch.Generator().manual_seed(0))
+    change(tensors)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, tmp_path / "bad.safetensors")
+    assert error in loaded_within(LoraLibrary(tmp_path), "bad")
 
 
 def test_visitor_named_repos_are_fetched_without_the_owners_token(monkeypatch):
