@@ -360,7 +360,11 @@ HOW_IT_WORKS = (
     else "https://huggingface.co/blog/zerogpu-aoti"
 )
 
-with gr.Blocks(title="FLUX, AoT-compiled") as demo:
+# Gradio keeps every upload and generated image on disk until the server stops: 2-3 GB an hour at full speed. An API
+# client has an hour to fetch its image; the cached examples are kept.
+DELETE_FILES = (600, 3600)  # (every, older than) in seconds
+
+with gr.Blocks(title="FLUX, AoT-compiled", delete_cache=DELETE_FILES) as demo:
     with gr.Column(elem_id="col-container"):
         gr.Markdown(
             "# FLUX, ahead-of-time compiled\n"

@@ -121,6 +121,14 @@ def test_the_png_carries_what_made_it(client):
                       "height": "256", "num_inference_steps": "2", "guidance_scale": "4.0"}
 
 
+def test_generated_images_are_files_gradio_deletes_within_an_hour(app, client):
+    path, _ = infer(client, seed=11)
+    tracked = [Path(f) for files in app.demo.temp_file_sets for f in files]
+    assert any(f.is_file() and f.read_bytes() == path.read_bytes() for f in tracked)  # not written where cleanup misses
+    every, older_than = app.demo.delete_cache
+    assert every <= older_than <= 3600
+
+
 def test_a_rejected_request_is_one_log_line(app, client, caplog):
     with caplog.at_level("INFO"), pytest.raises(Exception, match="multiple of 32"):
         infer(client, width=500)
