@@ -157,10 +157,14 @@ class ServeConfig:
     target_ongoing_requests: float = field(default=1.0, metadata=env("SERVE_TARGET_ONGOING_REQUESTS"))
     num_gpus: float = 1.0  # per replica; 0 in the cpu preset
     num_cpus: float = 1.0  # per replica; on CPU also its torch threads (Ray sets OMP_NUM_THREADS)
+    # A request's wait for a replica with room plus its generation (a 2048x2048, 50-step image: under a minute on an H100)
+    request_timeout_s: float = field(default=300.0, metadata=env("SERVE_REQUEST_TIMEOUT_S"))
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:
             raise ValueError(f"need 1 <= SERVE_MIN_REPLICAS <= SERVE_MAX_REPLICAS, got {self.min_replicas}, {self.max_replicas}")
+        if not self.request_timeout_s > 0:
+            raise ValueError(f"SERVE_REQUEST_TIMEOUT_S must be positive, got {self.request_timeout_s}")
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""serve.py: two Ray Serve replicas of the embedded model behind app.py's front, called through gradio_client.
+"""serve.py: two Ray Serve replicas of the embedded model behind app.py's front, called through gradio_client; and
+the front's side alone (retries, time-out, the job's settings) over a stand-in handle, without Ray running.
 
 `python serve.py` runs in its own process with its own local Ray (two replicas of one core each) and an empty
 program cache; what each replica did is read from its log lines, which Ray forwards to that process's output.
@@ -8,6 +9,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from gradio_client.utils import Status
@@ -16,9 +18,11 @@ from conftest import TEST_DIR
 from test_app import BAD_REQUESTS, PARAMETERS
 from tests.serve_harness import Served
 
-pytestmark = pytest.mark.servers  # Ray Serve and its replicas
-
 pytest.importorskip("ray.serve")
+import ray.exceptions  # noqa: E402
+
+import config as cfg  # noqa: E402
+import serve  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +39,7 @@ def request(seed: int, size: int = 256, steps: int = 2) -> list:
     return ["a red bicycle", seed, False, size, size, 3.5, steps]
 
 
+@pytest.mark.servers  # Ray Serve and its replicas
 def test_one_replica_compiles_and_the_other_loads_its_program(served):
     started = served.started(2)
     assert sorted(started.values()) == ["compiled", "loaded from cache"], served.output()[-5000:]
@@ -42,6 +47,7 @@ def test_one_replica_compiles_and_the_other_loads_its_program(served):
     assert len([entry for entry in served.cache.iterdir() if entry.is_dir()]) == 2
 
 
+@pytest.mark.servers  # Ray Serve and its replicas
 def test_concurrent_requests_get_the_image_their_seed_gives_alone(served):
     client = served.client()
     jobs = [client.submit(*request(seed), api_name="/infer") for seed in range(8)]
@@ -53,6 +59,7 @@ def test_concurrent_requests_get_the_image_their_seed_gives_alone(served):
         assert Path(path).read_bytes() == Path(alone).read_bytes(), seed
 
 
+@pytest.mark.servers  # Ray Serve and its replicas
 def test_the_front_has_the_apps_contract_and_checks_before_any_replica(served):
     client = served.client()
     info = client.view_api(return_format="dict", print_info=False)
@@ -72,6 +79,7 @@ def test_the_front_has_the_apps_contract_and_checks_before_any_replica(served):
     assert len(served.served_by(calls + 1)) == calls + 1  # that one reached a replica, none of the rejected ones
 
 
+@pytest.mark.servers  # Ray Serve and its replicas
 def test_a_replica_killed_mid_run_loses_no_request_and_is_replaced(served):
     before = served.started(2)
     client = served.client()
@@ -89,3 +97,52 @@ def test_a_replica_killed_mid_run_loses_no_request_and_is_replaced(served):
     replacements = set(after) - set(before)
     assert len(replacements) == 1 and after[replacements.pop()] == "loaded from cache", served.output()[-5000:]
     assert client.predict(*request(5), api_name="/infer")[1] == 5
+
+
+class FakeResponse:
+    def __init__(self, outcome, cancelled):
+        self.outcome, self.cancelled = outcome, cancelled
+
+    def result(self, timeout_s=None):
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+    def cancel(self):
+        self.cancelled.append(self)
+
+
+def replicas_answering(*outcomes) -> tuple[serve.Replicas, list, list]:
+    """The front's Replicas over a stand-in handle whose replicas answer `outcomes` in turn."""
+    sent, cancelled, answers = [], [], iter(outcomes)
+    handle = SimpleNamespace(generate=SimpleNamespace(remote=lambda *r: sent.append(r) or FakeResponse(next(answers), cancelled)),
+                             describe=SimpleNamespace(remote=lambda: FakeResponse(DESCRIBED, [])))
+    return serve.Replicas(handle, cfg.ServeConfig(request_timeout_s=7.0)), sent, cancelled
+
+
+DESCRIBED = {"report": None, "device_name": "CPU", "transformer_config": {}}
+
+
+def test_a_request_whose_replica_died_is_sent_once_more_and_not_after_a_second_death():
+    replicas, sent, _ = replicas_answering(ray.exceptions.RayActorError(), "image")
+    assert replicas.generate("request") == "image" and len(sent) == 2
+    replicas, sent, _ = replicas_answering(ray.exceptions.RayActorError(), ray.exceptions.RayActorError(), "image")
+    with pytest.raises(RuntimeError, match="this request ended 2 replicas in a row: it is not sent again"):
+        replicas.generate("request")
+    assert len(sent) == 2  # the third replica never sees it
+
+
+def test_a_request_no_replica_answers_in_time_is_cancelled_with_the_setting_named():
+    replicas, sent, cancelled = replicas_answering(ray.exceptions.GetTimeoutError("late"))
+    with pytest.raises(TimeoutError, match=r"no replica answered within 7 s \(SERVE_REQUEST_TIMEOUT_S\)"):
+        replicas.generate("request")
+    assert len(sent) == 1 and len(cancelled) == 1
+    with pytest.raises(ValueError, match="SERVE_REQUEST_TIMEOUT_S must be positive"):
+        cfg.from_env({"SERVE_REQUEST_TIMEOUT_S": "0"})
+
+
+def test_secrets_stay_out_of_the_job_the_replicas_get_their_settings_from():
+    environ = {"HF_TOKEN": "hf_secret", "HUGGING_FACE_HUB_TOKEN": "hf_old", "HF_HOME": "/data/hf", "FLUX_MODEL": "m",
+               "AOTI_HUB_REPO": "o/programs", "AOTI_SIGNING_KEY": "k", "PATH": "/bin", "TORCHINDUCTOR_CACHE_DIR": "/c"}
+    assert serve.replica_environment(environ) == {"HF_HOME": "/data/hf", "FLUX_MODEL": "m", "AOTI_HUB_REPO": "o/programs",
+                                                  "TORCHINDUCTOR_CACHE_DIR": "/c"}
