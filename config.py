@@ -184,7 +184,8 @@ class AppConfig:
     # LoRAs per request, fused into the compiled weights; keeps an unquantized copy of the transformer's linear layers.
     lora: bool = field(default=True, metadata=env("FLUX_LORA"))
     lora_dir: str = field(default=str(ROOT / "loras"), metadata=env("FLUX_LORA_DIR"))  # the Space's own LoRAs
-    lora_cache: int = field(default=4, metadata=env("FLUX_LORA_CACHE"))  # LoRAs kept read (20-600 MB each)
+    # Host memory for the LoRAs kept read (20 MB to 1.3 GB each): a visitor's choice of LoRA must not grow it unbounded.
+    lora_cache_gb: float = field(default=4.0, metadata=env("FLUX_LORA_CACHE_GB"))
     # Hub LoRAs offered in the UI ("owner/name" or "owner/name:file.safetensors", comma-separated); any other
     # Hub LoRA can still be typed in or sent through the API.
     hub_loras: str = field(default="", metadata=env("FLUX_HUB_LORAS"))
@@ -194,6 +195,8 @@ class AppConfig:
     serve: ServeConfig = ServeConfig()
 
     def __post_init__(self) -> None:
+        if not self.lora_cache_gb > 0:
+            raise ValueError(f"FLUX_LORA_CACHE_GB must be positive, got {self.lora_cache_gb}")
         if self.zerogpu_size not in ("", "large", "xlarge"):
             raise ValueError(f"FLUX_ZEROGPU_SIZE must be 'large' or 'xlarge', got {self.zerogpu_size!r}")
 
@@ -203,6 +206,10 @@ class AppConfig:
 
     def steps_for(self, model: ModelDefaults) -> int:
         return self.default_steps or model.steps
+
+    @property
+    def lora_cache_bytes(self) -> int:
+        return int(self.lora_cache_gb * 1e9)
 
     @property
     def hub_lora_names(self) -> list[str]:

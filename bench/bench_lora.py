@@ -117,7 +117,7 @@ def main() -> None:
             hook.remove()
     results["lora_file_mb"] = {rank: (folder / f"rank{rank}.safetensors").stat().st_size / 1e6 for rank in args.ranks}
     del model
-    library = LoraLibrary(folder, capacity=len(args.ranks))
+    library = LoraLibrary(folder, max_bytes=1 << 40)  # every rank stays read
 
     for precision in args.precisions:
         fp8 = precision == "fp8"

@@ -2,7 +2,7 @@
 
     masters = keep_masters(pipe.transformer)                 # before optimize_pipeline_ quantizes to FP8
     report = optimize_pipeline_(pipe, config, ...)
-    library = LoraLibrary(config.lora_dir, config.lora_cache)
+    library = LoraLibrary(config.lora_dir, config.lora_cache_bytes)
     fuser = LoraFuser({"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}, masters,
                       config.fp8_granularity)
 

@@ -82,6 +82,11 @@ class Lora:
     def roots(self) -> set[str]:
         return {layer.split(".", 1)[0] for layer in self.factors}
 
+    @property
+    def nbytes(self) -> int:
+        tensors = [t for f in self.factors.values() for t in (f.down, f.up, f.up_bias) if t is not None]
+        return sum(t.nbytes for t in tensors)
+
 
 def hub_file(source: HubLora, token: str | bool = False) -> Path:
     """The LoRA file of a Hub repo at its revision, downloaded into the Hub cache (or found there), if it is at most
@@ -254,7 +259,8 @@ def _pattern_key(patterns: Mapping[str, float], layer: str) -> str | None:
 
 
 class LoraLibrary:
-    """Turns a request's `lora` text into a Lora, keeping the `capacity` most recently used ones read.
+    """Turns a request's `lora` text into a Lora, keeping the most recently used ones read within `max_bytes` of host
+    memory (by their factors' size, not their count: one LoRA may be 20 MB, another 1.3 GB), and always the last one.
 
     `lora_dir` is the folder of local LoRAs; Hub LoRAs go through the Hub cache (`download`). Only the repos in
     `trusted` (the Space owner's own list) are fetched with HF_TOKEN; any other a request names is fetched
@@ -263,13 +269,13 @@ class LoraLibrary:
     """
 
     def __init__(
-        self, lora_dir: str | Path, capacity: int = AppConfig.lora_cache, download: Callable[[HubLora], Path] | None = None,
-        trusted: Iterable[str] = (),
+        self, lora_dir: str | Path, max_bytes: int = AppConfig().lora_cache_bytes,
+        download: Callable[[HubLora], Path] | None = None, trusted: Iterable[str] = (),
     ):
-        if capacity < 1:
-            raise ValueError(f"capacity must be at least 1, got {capacity}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
         self.lora_dir = Path(lora_dir)
-        self.capacity = capacity
+        self.max_bytes = max_bytes
         self.trusted = {resolved.repo for name in trusted if isinstance(resolved := resolve(name, lora_dir), HubLora)}
         self.download = download or (lambda source: hub_file(source, self.token_for(source)))
         self._read: OrderedDict[LoraSource, Lora] = OrderedDict()
@@ -298,6 +304,6 @@ class LoraLibrary:
             self.reads += 1
             self._read[source] = lora
             self._read.move_to_end(source)
-            while len(self._read) > self.capacity:
+            while len(self._read) > 1 and sum(lora.nbytes for lora in self._read.values()) > self.max_bytes:
                 self._read.popitem(last=False)
         return lora

@@ -247,20 +247,23 @@ def test_names_resolve_to_the_hub_or_the_lora_folder(tmp_path):
         _pick_weight_file(HubLora("o/n"), ["a.safetensors", "b.safetensors"])
 
 
-def test_hub_loras_are_downloaded_once_and_the_cache_is_bounded():
+def test_hub_loras_are_downloaded_once_and_the_cache_is_bounded_in_bytes():
     downloads = []
 
     def download(source):
         downloads.append(source)
         return LORA_DIR / "tiny-style.safetensors"  # no network in tests: the Hub cache's file stands in
 
-    library = LoraLibrary(LORA_DIR, capacity=2, download=download)
+    sizes = {name: LoraLibrary(LORA_DIR).load(name).nbytes for name in ("tiny-style", "tiny-detail", "tiny-kohya")}
+    library = LoraLibrary(LORA_DIR, max_bytes=sum(sizes.values()) - 1, download=download)  # not all three at once
     first = library.load("owner/style")
     assert library.load("owner/style") is first and downloads == [HubLora("owner/style")]
     library.load("tiny-detail")
     library.load("tiny-kohya")  # evicts owner/style, the least recently used
     library.load("owner/style")
     assert len(downloads) == 2 and library.reads == 4
+    small = LoraLibrary(LORA_DIR, max_bytes=1)  # smaller than any LoRA: the last one read is kept all the same
+    assert small.load("tiny-style") is small.load("tiny-style") and small.reads == 1
 
 
 def test_kohyas_outer_layers_are_applied_not_dropped(tmp_path):
