@@ -91,7 +91,8 @@ report = REPLICAS.report if CONFIG.ray_serve else optimize_pipeline_(
 )
 if not CONFIG.ray_serve:  # else a replica optimized, not this process
     startup_seconds["optimize"] = report.seconds
-LORAS = LoraLibrary(CONFIG.lora_dir, CONFIG.lora_cache_bytes, trusted=CONFIG.hub_lora_names) if CONFIG.lora else None
+LORAS = LoraLibrary(CONFIG.lora_dir, CONFIG.lora_cache_bytes, trusted=CONFIG.hub_lora_names,
+                    download_max_bytes=CONFIG.lora_downloads_bytes) if CONFIG.lora else None
 FUSER = LoraFuser(
     {"transformer": pipe.transformer, "text_encoder": pipe.text_encoder}, masters, report.plan and report.plan.fp8,
     masters_on_gpu=bool(report.plan) and report.plan.fits_beside(

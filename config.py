@@ -186,6 +186,8 @@ class AppConfig:
     lora_dir: str = field(default=str(ROOT / "loras"), metadata=env("FLUX_LORA_DIR"))  # the Space's own LoRAs
     # Host memory for the LoRAs kept read (20 MB to 1.3 GB each): a visitor's choice of LoRA must not grow it unbounded.
     lora_cache_gb: float = field(default=4.0, metadata=env("FLUX_LORA_CACHE_GB"))
+    # Disk for Hub LoRAs downloaded (under HF_HOME/loras), least recently used deleted first.
+    lora_downloads_gb: float = field(default=20.0, metadata=env("FLUX_LORA_DOWNLOADS_GB"))
     # Hub LoRAs offered in the UI ("owner/name" or "owner/name:file.safetensors", comma-separated); any other
     # Hub LoRA can still be typed in or sent through the API.
     hub_loras: str = field(default="", metadata=env("FLUX_HUB_LORAS"))
@@ -197,6 +199,8 @@ class AppConfig:
     def __post_init__(self) -> None:
         if not self.lora_cache_gb > 0:
             raise ValueError(f"FLUX_LORA_CACHE_GB must be positive, got {self.lora_cache_gb}")
+        if not self.lora_downloads_gb > 0:
+            raise ValueError(f"FLUX_LORA_DOWNLOADS_GB must be positive, got {self.lora_downloads_gb}")
         if self.zerogpu_size not in ("", "large", "xlarge"):
             raise ValueError(f"FLUX_ZEROGPU_SIZE must be 'large' or 'xlarge', got {self.zerogpu_size!r}")
 
@@ -210,6 +214,10 @@ class AppConfig:
     @property
     def lora_cache_bytes(self) -> int:
         return int(self.lora_cache_gb * 1e9)
+
+    @property
+    def lora_downloads_bytes(self) -> int:
+        return int(self.lora_downloads_gb * 1e9)
 
     @property
     def hub_lora_names(self) -> list[str]:

@@ -15,6 +15,7 @@ its patterns checked the same way; ranks and alphas are looked up by name (`_pat
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -34,6 +35,7 @@ from config import AppConfig
 
 from .names import DEFAULT_WEIGHT_NAME, WEIGHT_SUFFIX, HubLora, LocalLora, LoraError, LoraSource, resolve
 
+log = logging.getLogger("lora")
 # The pipeline parts a FLUX LoRA may change, as diffusers' FluxLoraLoaderMixin loads them.
 ROOTS = ("transformer", "text_encoder")
 UNPREFIXED_TRANSFORMER_LAYERS = {"x_embedder", "context_embedder", "time_text_embed", "norm_out", "proj_out"}
@@ -88,8 +90,8 @@ class Lora:
         return sum(t.nbytes for t in tensors)
 
 
-def hub_file(source: HubLora, token: str | bool = False) -> Path:
-    """The LoRA file of a Hub repo at its revision, downloaded into the Hub cache (or found there), if it is at most
+def hub_file(source: HubLora, token: str | bool = False, folder: Path | None = None) -> Path:
+    """The LoRA file of a Hub repo at its revision, downloaded into `folder` (a Hub cache) or found there, if it is at most
     MAX_FILE_BYTES. `token`: False for anonymous access (huggingface_hub would otherwise send HF_TOKEN by itself), or
     the token to send. A stalled transfer ends after huggingface_hub's read timeout (HF_HUB_DOWNLOAD_TIMEOUT)."""
     from huggingface_hub import constants, get_hf_file_metadata, hf_hub_download, hf_hub_url, list_repo_files
@@ -102,7 +104,7 @@ def hub_file(source: HubLora, token: str | bool = False) -> Path:
             size = get_hf_file_metadata(url, token=token).size
             if size is not None and size > MAX_FILE_BYTES:
                 raise LoraError(f"{source.name!r} is {size / 1e9:.1f} GB, over the {MAX_FILE_BYTES / 1e9:.1f} GB a LoRA may be")
-        return Path(hf_hub_download(source.repo, filename, revision=source.revision, token=token))
+        return Path(hf_hub_download(source.repo, filename, revision=source.revision, token=token, cache_dir=folder))
     except LoraError:
         raise
     except Exception as error:  # not found, private, gated, no network, ...
@@ -110,6 +112,32 @@ def hub_file(source: HubLora, token: str | bool = False) -> Path:
             raise LoraError(f"could not download {source.name!r} from the Hub: {type(error).__name__}: {error}") from None
         # One message whatever the cause: a visitor learns nothing about repos they cannot read.
         raise LoraError(f"could not download {source.name!r}: no public LoRA of that name, or the Hub is unreachable") from None
+
+
+def default_download_folder() -> Path:
+    """A Hub cache of LoRAs alone, beside the models' (under HF_HOME, persistent storage's on a Space that has it):
+    evicting it by size can never remove the model."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HOME) / "loras"
+
+
+def evict_downloads(folder: Path, max_bytes: int, keep: Path) -> None:
+    """Delete the least recently used repos of the LoRA download folder until it holds at most `max_bytes`, never the
+    repo `keep` is in: visitors name any LoRA they like, and the disk it lands on is the Space's."""
+    from huggingface_hub import scan_cache_dir
+
+    cache = scan_cache_dir(folder)
+    size = cache.size_on_disk
+    for repo in sorted(cache.repos, key=lambda repo: repo.last_accessed):
+        if size <= max_bytes:
+            break
+        if keep.is_relative_to(repo.repo_path):
+            continue
+        cache.delete_revisions(*(revision.commit_hash for revision in repo.revisions)).execute()
+        size -= repo.size_on_disk
+        log.info("deleted the download of LoRA %s (%.0f MB): the folder is over %.1f GB", repo.repo_id,
+                 repo.size_on_disk / 1e6, max_bytes / 1e9)
 
 
 def _pick_weight_file(source: HubLora, files: list[str]) -> str:
@@ -271,13 +299,17 @@ class LoraLibrary:
     def __init__(
         self, lora_dir: str | Path, max_bytes: int = AppConfig().lora_cache_bytes,
         download: Callable[[HubLora], Path] | None = None, trusted: Iterable[str] = (),
+        download_folder: Path | None = None, download_max_bytes: int = AppConfig().lora_downloads_bytes,
     ):
         if max_bytes < 1:
             raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
         self.lora_dir = Path(lora_dir)
         self.max_bytes = max_bytes
         self.trusted = {resolved.repo for name in trusted if isinstance(resolved := resolve(name, lora_dir), HubLora)}
-        self.download = download or (lambda source: hub_file(source, self.token_for(source)))
+        self.download_folder = download_folder or default_download_folder()
+        self.download_max_bytes = download_max_bytes
+        self.download = download or (lambda source: hub_file(source, self.token_for(source), self.download_folder))
+        self._disk = threading.Lock()  # a download is read before any eviction can delete it
         self._read: OrderedDict[LoraSource, Lora] = OrderedDict()
         self._lock = threading.Lock()
         self.reads = 0  # files read so far: what the cache saves
@@ -298,8 +330,14 @@ class LoraLibrary:
             if source in self._read:
                 self._read.move_to_end(source)
                 return self._read[source]
-        path = source.path if isinstance(source, LocalLora) else self.download(source)
-        lora = read_lora(source.name, Path(path))
+        if isinstance(source, LocalLora):
+            lora = read_lora(source.name, source.path)
+        else:
+            with self._disk:
+                path = Path(self.download(source))
+                lora = read_lora(source.name, path)
+                if path.is_relative_to(self.download_folder):
+                    evict_downloads(self.download_folder, self.download_max_bytes, keep=path)
         with self._lock:
             self.reads += 1
             self._read[source] = lora

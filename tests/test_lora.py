@@ -4,8 +4,10 @@ One regional compile of the tiny float32 pipeline is shared by the module; the L
 assets/build_loras.py made. FP8 runs on CPU with torchao's hardware check bypassed, as in test_fp8.
 """
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -582,6 +584,43 @@ def test_a_hub_lora_is_fetched_at_its_revision_and_refused_before_download_when_
     assert downloaded == []  # refused from the metadata alone
     assert library.load("owner/small@v1.0:style.safetensors").name == "owner/small@v1.0:style.safetensors"
     assert downloaded == [("owner/small", "style.safetensors", "v1.0")] and "/resolve/v1.0/style.safetensors" in asked[-1]
+
+
+def hub_cached(folder: Path, repo: str, content: bytes, used_at: float) -> Path:
+    """A file as huggingface_hub's cache lays it out (blob, snapshot link, ref), last read at `used_at`."""
+    import hashlib
+
+    base = folder / f"models--{repo.replace('/', '--')}"
+    blob = base / "blobs" / hashlib.sha256(content).hexdigest()
+    revision = hashlib.sha1(repo.encode()).hexdigest()
+    link = base / "snapshots" / revision / "lora.safetensors"
+    for path in (blob.parent, link.parent, base / "refs"):
+        path.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(content)
+    link.symlink_to(Path("../../blobs") / blob.name)
+    (base / "refs" / "main").write_text(revision)
+    os.utime(blob, (used_at, used_at))
+    return link
+
+
+def test_the_download_folder_is_kept_under_its_size_least_recently_used_first(tmp_path):
+    from lora.library import evict_downloads
+
+    style = (LORA_DIR / "tiny-style.safetensors").read_bytes()
+    folder, size = tmp_path / "loras", len(style)
+    old, middle = (hub_cached(folder, f"someone/{name}", style + name.encode(), used_at)
+                   for name, used_at in (("old", 1e9), ("middle", 2e9)))
+    evict_downloads(folder, max_bytes=3 * size, keep=old)  # under the limit: nothing goes
+    assert old.exists() and middle.exists()
+
+    def download(source):  # a visitor's LoRA arrives: the folder is over, and the oldest download goes
+        return hub_cached(folder, source.repo, style, 3e9)
+
+    library = LoraLibrary(LORA_DIR, download=download, download_folder=folder, download_max_bytes=2 * size + 10)
+    assert library.load("someone/new").factors.keys() == LoraLibrary(LORA_DIR).load("tiny-style").factors.keys()
+    assert not old.exists() and middle.exists() and (folder / "models--someone--new").is_dir()
+    evict_downloads(folder, max_bytes=1, keep=folder / "models--someone--new" / "snapshots")  # the one in use stays
+    assert not middle.exists() and (folder / "models--someone--new").is_dir()
 
 
 def test_names_longer_than_any_lora_name_are_refused_and_not_echoed_whole():
