@@ -9,11 +9,12 @@ from conftest import ROOT
 
 README = (ROOT / "README.md").read_text()
 SECTIONS = ["Duplicate this Space", "Two commands", "Call it from a program", "Settings", "How it works", "Speed",
-            "ZeroGPU", "Beyond one GPU", "Troubleshooting"]
+            "ZeroGPU", "Beyond one GPU", "Security", "Troubleshooting"]
 
 
 def test_readme_is_short_and_in_the_order_a_space_author_needs():
-    assert len(README.encode()) <= 13_000  # the ZeroGPU hardware section (plan, probes, what is verified) takes a KB
+    # ZeroGPU's hardware (plan, probes, what is verified) and Security (what the owner must keep private) take 2 KB
+    assert len(README.encode()) <= 14_000
     assert re.findall(r"^## (.+)$", README, flags=re.M) == SECTIONS
 
 
@@ -39,3 +40,20 @@ def test_the_client_example_calls_infer_with_its_parameters_in_order():
     values = [ast.literal_eval(arg) for arg in call.args]
     app.check_inputs(*values[:7])  # the example's values are valid, and its LoRA names a Hub repo (not fetched here)
     assert isinstance(lora.resolve(values[7], app.CONFIG.lora_dir), lora.HubLora) and lora.check_scale(values[8])
+
+
+def test_every_setting_the_readme_names_is_one_the_config_reads():
+    import dataclasses
+
+    import config
+
+    def variables(cls) -> set[str]:
+        names = set()
+        for f in dataclasses.fields(cls):
+            names |= {f.metadata["env"]} if "env" in f.metadata else set()
+            names |= variables(type(f.default)) if dataclasses.is_dataclass(f.default) else set()
+        return names
+
+    read = variables(config.AppConfig) | variables(config.OptimizationConfig) | variables(config.ServeConfig)
+    named = set(re.findall(r"`((?:FLUX|AOTI|SERVE)_[A-Z0-9_]+)", README)) | set(re.findall(r"`(AOTI)`", README))
+    assert named and named <= read, named - read
