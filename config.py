@@ -27,7 +27,7 @@ MIN_SIZE, MAX_SIZE, SIZE_STEP = 256, 2048, 32
 PIXELS_PER_TOKEN = 16
 MAX_SEED = 2**31 - 1
 GUIDANCE_RANGE = (1.0, 15.0)  # of the UI and the API
-FP8_ATTENTION = ("auto", "off", "cudnn", "cudnn_static_qk", "triton")  # OptimizationConfig.fp8_attention's choices
+FP8_ATTENTION = ("auto", "off", "cudnn", "cudnn_static_qk")  # OptimizationConfig.fp8_attention's choices
 FP8_GRANULARITY = ("auto", "row", "tensor")
 INDUCTOR_PERSISTENT_ROWS = 1024  # inductor's own limit for rows reduced in one pass (its InductorChoices)
 
@@ -82,7 +82,7 @@ class OptimizationConfig:
     # its probe passes on the card. "auto": "cudnn_static_qk" where plan.ARCHITECTURES tries it, else "off";
     # "cudnn_static_qk": q and k scaled by bounds from their RMSNorms' weights and cast by the compiled graph (7 ms
     # less per 1024x1024 step on an H200, same error); "cudnn": per-tensor amax scales of q, k and v in the op (2 ms
-    # slower); "triton": fp8_kernels/ (slower); "off".
+    # slower); "off".
     fp8_attention: str = field(default="auto", metadata=env("AOTI_FP8_ATTENTION"))
     # With "cudnn_static_qk": q and k's channels reordered once so that RoPE's pairs lie half a head apart
     # (fp8_kernels/rope_pairs.py); the compiled kernel that normalizes, rotates and casts them reads whole vectors.

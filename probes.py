@@ -70,12 +70,10 @@ def fused_quantization(device: torch.device, feed_forward: bool = False) -> floa
 def fp8_attention(device: torch.device, kernel: str) -> float:
     """`kernel`'s FP8 attention (config.FP8_ATTENTION) on q, k, v as diffusers passes them to SDPA: [B, H, S, D]
     views of [B, S, H, D], FLUX's head size. Its own fallback to bf16 SDPA is what the probe must not see."""
-    from fp8_kernels import attention, cudnn_attention, flux_attention
+    from fp8_kernels import cudnn_attention, flux_attention
 
-    if kernel.startswith("cudnn") and (reason := cudnn_attention.unavailable(device)):
+    if reason := cudnn_attention.unavailable(device):
         raise RuntimeError(reason)
-    if kernel == "triton" and (device.type != "cuda" or attention.triton is None):
-        raise RuntimeError("the Triton FP8 attention runs on CUDA with Triton")
     q, k, v = (_inputs(device, 1, 256, 2, 128, seed=5 + i) for i in range(3))
     scale = 1 / math.sqrt(128)
     expected = F.scaled_dot_product_attention(*(x.float().transpose(1, 2) for x in (q, k, v)), scale=scale)
@@ -85,10 +83,8 @@ def fp8_attention(device: torch.device, kernel: str) -> float:
             bounds = torch.stack([x.abs().amax().float() for x in (q, k)])
             q8, k8 = (flux_attention.quantize_bounded(x, bound) for x, bound in zip((q, k), bounds))
             out = cudnn_attention.cudnn_fp8_attention_static_qk(q8, k8, v, bounds, scale)
-        elif kernel == "cudnn":
-            out = cudnn_attention.attention_fp8(q, k, v, scale)  # the FP8 path at any token count
         else:
-            out = attention.scaled_dot_product_attention_fp8(q, k, v, scale=scale, kernel=kernel)
+            out = cudnn_attention.attention_fp8(q, k, v, scale)  # the FP8 path at any token count
     return rel_error(out, expected)
 
 

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.bench_transformer import environment, median_ms, rel_error
+from bench.experiments import triton_fp8_attention
 from config import OptimizationConfig
-from fp8_kernels import attention as fp8_attention
 from fp8_kernels import cudnn_attention, flux_attention, quantize
 
 HEADS, HEAD_DIM, TEXT_TOKENS, DIM, MLP = 24, 128, 512, 3072, 12288
@@ -60,13 +60,14 @@ def attention_rows(tokens: int, args) -> list[dict]:
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
     backends = {"bf16 cuDNN SDPA": [SDPBackend.CUDNN_ATTENTION], "bf16 flash SDPA": [SDPBackend.FLASH_ATTENTION]}
     variants = {name: (lambda: F.scaled_dot_product_attention(q, k, v)) for name in backends}
-    q8, qs = fp8_attention.quantize_per_head(q)
-    k8, ks = fp8_attention.quantize_per_head(k)
-    vt8, vs = fp8_attention.quantize_value(v)
+    experiment = triton_fp8_attention  # the Triton kernel that lost to cuDNN's, for comparison
+    q8, qs = experiment.quantize_per_head(q)
+    k8, ks = experiment.quantize_per_head(k)
+    vt8, vs = experiment.quantize_value(v)
     scale = HEAD_DIM ** -0.5
-    variants["fp8 kernel (inputs quantized)"] = lambda: fp8_attention.fp8_attention(q8, k8, vt8, qs, ks, vs, scale)
-    variants["fp8 + quantization, eager"] = lambda: fp8_attention.scaled_dot_product_attention_fp8(q, k, v)
-    compiled = torch.compile(fp8_attention.scaled_dot_product_attention_fp8, fullgraph=True)
+    variants["fp8 kernel (inputs quantized)"] = lambda: experiment.fp8_attention(q8, k8, vt8, qs, ks, vs, scale)
+    variants["fp8 + quantization, eager"] = lambda: experiment.sdpa(q, k, v)
+    compiled = torch.compile(experiment.sdpa, fullgraph=True)
     variants["fp8 + quantization, compiled"] = lambda: compiled(q, k, v)
     out_scales = {}
     unavailable = cudnn_attention.unavailable(q.device)
@@ -111,7 +112,7 @@ def attention_rows(tokens: int, args) -> list[dict]:
         rows.append(dict(kernel="attention", variant=name, tokens=tokens, ms=ms, speedup=base / ms,
                          tflops=flops(tokens) / ms / 1e9, rel_error=error))
         print(json.dumps(rows[-1]), flush=True)
-    best = getattr(fp8_attention._attention_kernel, "best_config", None)
+    best = getattr(getattr(experiment, "_attention_kernel", None), "best_config", None)
     rows.append(dict(kernel="attention", variant="autotuned config", tokens=tokens, config=str(best)))
     return rows
 

@@ -81,8 +81,6 @@ RUNGS = {
     "aot_fp8_row_split": Rung("aot", fp8="row", inductor=(("split_reductions", True),)),  # the default before session 7
     "aot_fp8_row_fusedq": Rung("aot", fp8="row", fused_quant=True),
     "aot_fp8_row_fusedq_bf16text": Rung("aot", fp8="row", fused_quant=True, fp8_text_stream=False),
-    "aot_fp8_row_fp8attn": Rung("aot", fp8="row", fp8_attention="triton"),
-    "aot_fp8_row_fusedq_fp8attn": Rung("aot", fp8="row", fused_quant=True, fp8_attention="triton"),
     "aot_fp8_row_fusedq_cudnnattn": Rung("aot", fp8="row", fused_quant=True, fp8_attention="cudnn"),
     "aot_fp8_row_fusedq_cudnnstaticqk": Rung("aot", fp8="row", fused_quant=True, fp8_attention="cudnn_static_qk"),
     "aot_fp8_row_fusedq_ff_cudnnattn": Rung("aot", fp8="row", fused_quant=True, fused_ff_quant=True, fp8_attention="cudnn"),

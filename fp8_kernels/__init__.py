@@ -9,17 +9,17 @@ same math in torch ops, so export, compile and tests run on machines without a G
 - `flux_attention`: diffusers' FLUX attention processor with q and k cast to FP8 under static scales;
 - `rope_pairs`: q and k's channels reordered once so that RoPE's pairs lie half a head apart, the layout
   the compiled graph rotates fastest;
-- `attention`: the export-time swap of SDPA for either FP8 attention, and a Triton one (per-head scales);
+- `attention`: the export-time swap of SDPA for cuDNN's FP8 attention;
 - `blocks`: how FLUX's blocks use them.
 """
 
-from .attention import fp8_attention, scaled_dot_product_attention_fp8, sdpa_as_fp8
+from .attention import scaled_dot_product_attention_fp8, sdpa_as_fp8
 from .blocks import fuse_feed_forward_quantization_, fuse_single_block_quantization_
 from .cudnn_attention import cudnn_fp8_attention
 from .quantize import gelu_cat_quantize, gelu_quantize
 
 __all__ = [
-    "cudnn_fp8_attention", "fp8_attention", "fuse_feed_forward_quantization_", "fuse_single_block_quantization_",
+    "cudnn_fp8_attention", "fuse_feed_forward_quantization_", "fuse_single_block_quantization_",
     "gelu_cat_quantize", "gelu_quantize",
     "scaled_dot_product_attention_fp8", "sdpa_as_fp8",
 ]

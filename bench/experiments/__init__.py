@@ -1,0 +1,1 @@
+"""Experiments that lost to what the app uses, kept runnable for the benchmarks that compare them."""
