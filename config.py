@@ -24,7 +24,8 @@ HUB_MODEL = "black-forest-labs/FLUX.1-dev"
 # Space's range and step). FLUX turns 16x16 pixels into one transformer token (8x VAE, 2x2 packing),
 # so sides in steps of 32 make the image tokens a multiple of 4, which the compiled graph relies on.
 MIN_SIZE, MAX_SIZE, SIZE_STEP = 256, 2048, 32
-PIXELS_PER_TOKEN = 16
+PIXELS_PER_LATENT = 8  # per side: FLUX's VAE downsamples 8x
+PIXELS_PER_TOKEN = 2 * PIXELS_PER_LATENT  # the transformer packs 2x2 latents into a token
 MAX_SEED = 2**31 - 1
 GUIDANCE_RANGE = (1.0, 15.0)  # of the UI and the API
 FP8_ATTENTION = ("auto", "off", "cudnn", "cudnn_static_qk")  # OptimizationConfig.fp8_attention's choices

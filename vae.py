@@ -19,10 +19,8 @@ import torch
 
 import aoti
 from compile_options import compiler_options
-from config import OptimizationConfig
+from config import PIXELS_PER_LATENT, OptimizationConfig
 from startup import stage
-
-PIXELS_PER_LATENT = 8  # each side: FLUX's VAE downsamples 8x
 
 
 def capture_decoder(vae: torch.nn.Module, width: int, height: int) -> aoti.CapturedCall:

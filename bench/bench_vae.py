@@ -25,7 +25,7 @@ from diffusers import AutoencoderKL
 import vae
 from bench.bench_pipeline import FLUX_VAE
 from bench.bench_transformer import environment, median_ms, rel_error
-from config import EMBEDDED_MODEL, OptimizationConfig
+from config import EMBEDDED_MODEL, PIXELS_PER_LATENT, OptimizationConfig
 
 SIZES = ((1024, 1024), (1344, 768), (512, 512))
 CONFIGS = {
@@ -51,8 +51,8 @@ def main() -> None:
     args = parser.parse_args()
     eager = build(args.model)
     g = torch.Generator().manual_seed(0)
-    latents = {(w, h): torch.randn(1, eager.config.latent_channels, h // vae.PIXELS_PER_LATENT,
-                                   w // vae.PIXELS_PER_LATENT, generator=g).to(eager.device, eager.dtype)
+    latents = {(w, h): torch.randn(1, eager.config.latent_channels, h // PIXELS_PER_LATENT,
+                                   w // PIXELS_PER_LATENT, generator=g).to(eager.device, eager.dtype)
                for w, h in SIZES}
     results: dict = {"env": environment(), "model": args.model, "rows": [],
                      "options": {k: dict(CONFIGS[k].inductor_configs) for k in args.options}}

@@ -24,14 +24,14 @@ import threading
 
 import torch
 
+from .quantize import FP8, FP8_MAX
+
 try:
     import triton
     import triton.language as tl
 except ImportError:  # CPU-only installs: the op runs its torch path
     triton = None
 
-FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max
 MIN_CUDNN = 90100  # cuDNN 9.1: the first with the FP8 forward
 # Fewer tokens (image + text) go to bf16 SDPA: there the quantization costs more than FP8's faster kernel
 # saves (H200: 0.93x bf16 at 2816 tokens, 1.03x at 3648, 1.11x at 4608; bench/README.md, "FP8 kernels").

@@ -6,7 +6,7 @@ from diffusers import AutoencoderKL
 
 import optimization
 import vae
-from config import EMBEDDED_MODEL, OptimizationConfig
+from config import EMBEDDED_MODEL, PIXELS_PER_LATENT, OptimizationConfig
 from plan import Plan
 
 pytestmark = pytest.mark.slow  # VAE decoders compiled
@@ -18,7 +18,7 @@ def load_vae() -> AutoencoderKL:
 
 def latents(height: int, width: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(1, 16, height // vae.PIXELS_PER_LATENT, width // vae.PIXELS_PER_LATENT, generator=g)
+    return torch.randn(1, 16, height // PIXELS_PER_LATENT, width // PIXELS_PER_LATENT, generator=g)
 
 
 SIZES = [(256, 256), (320, 192)]  # (width, height): the example's and one static size

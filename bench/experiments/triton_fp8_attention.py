@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from fp8_kernels.cudnn_attention import scale_of
+from fp8_kernels.quantize import FP8, FP8_MAX
 
 try:
     import triton
@@ -24,8 +25,6 @@ try:
 except ImportError:  # CPU-only installs: the op runs its torch path
     triton = None
 
-FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max
 P_LOG2_SCALE = 8.0  # probabilities times 2^8 in FP8: in [0, 256], clear of e4m3's subnormals
 _sdpa = F.scaled_dot_product_attention
 
