@@ -43,6 +43,7 @@ from compile_options import compiler_options, persistent_rows, persistent_rows_u
 from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, OptimizationConfig
 from fp8 import is_fp8, quantize_fp8_
 from fp8_kernels import fuse_feed_forward_quantization_, fuse_single_block_quantization_, sdpa_as_fp8
+from fp8_kernels.quantize import OPS
 from fp8_kernels.rope_pairs import mark_split_, split_rope_pairs_
 from startup import stage
 from vae import apply_decoder_, compile_decoder, decoder_sizes
@@ -191,6 +192,7 @@ def fingerprint(transformer: torch.nn.Module, config: OptimizationConfig, exampl
         "example_call": {k: v for k, v in example_call.items() if isinstance(v, (int, float, str, bool))},
         "diffusers": diffusers.__version__,
         "torchao": torchao.__version__,
+        "ops": OPS,  # the programs call fp8_kernels' ops by this name
         **aoti.cache.environment(transformer.device.type),
     }
 

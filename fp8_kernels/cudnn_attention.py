@@ -24,7 +24,7 @@ import threading
 
 import torch
 
-from .quantize import FP8, FP8_MAX
+from .quantize import FP8, FP8_MAX, OPS
 
 try:
     import triton
@@ -251,7 +251,7 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float
     return torch.empty_strided(*output_layout(q), dtype=q.dtype, device=q.device).copy_(out)
 
 
-@torch.library.custom_op("flux_fast::cudnn_fp8_attention", mutates_args=())
+@torch.library.custom_op(f"{OPS}::cudnn_fp8_attention", mutates_args=())
 def cudnn_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_scale: float) -> torch.Tensor:
     """softmax(q k^T * sm_scale) v for bf16 q, k, v [B, H, S, D], computed in FP8; bf16 [B, H, S, D]."""
     if q.device.type != "cuda":
@@ -266,7 +266,7 @@ def cudnn_fp8_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sm_sc
     return attention_fp8(q, k, v, sm_scale)
 
 
-@torch.library.custom_op("flux_fast::cudnn_fp8_attention_static_qk", mutates_args=())
+@torch.library.custom_op(f"{OPS}::cudnn_fp8_attention_static_qk", mutates_args=())
 def cudnn_fp8_attention_static_qk(
     q8: torch.Tensor, k8: torch.Tensor, v: torch.Tensor, qk_amax: torch.Tensor, sm_scale: float
 ) -> torch.Tensor:

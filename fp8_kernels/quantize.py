@@ -23,6 +23,8 @@ except ImportError:  # CPU-only installs: the op runs its torch path
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max
+# The torch.library namespace of this package's ops: compiled programs call them by name, so it is in the cache key.
+OPS = "flux_aot"
 
 
 def reference(attn: torch.Tensor, mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +88,7 @@ if triton is not None:
                      mask=keep)
 
 
-@torch.library.triton_op("flux_fast::gelu_cat_quantize", mutates_args=())
+@torch.library.triton_op(f"{OPS}::gelu_cat_quantize", mutates_args=())
 def gelu_cat_quantize(attn: torch.Tensor, mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """cat([attn, gelu_tanh(mlp)], -1) quantized to FP8 per row: (data [rows, cols], fp32 scale [rows, 1])."""
     if not (attn.is_cuda and triton is not None):
@@ -94,7 +96,7 @@ def gelu_cat_quantize(attn: torch.Tensor, mlp: torch.Tensor) -> tuple[torch.Tens
     return _launch(attn.reshape(-1, attn.shape[-1]), mlp.reshape(-1, mlp.shape[-1]))
 
 
-@torch.library.triton_op("flux_fast::gelu_quantize", mutates_args=())
+@torch.library.triton_op(f"{OPS}::gelu_quantize", mutates_args=())
 def gelu_quantize(mlp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """gelu_tanh(mlp) quantized to FP8 per row, the input of a feed-forward's output layer: (data, scale) as above."""
     if not (mlp.is_cuda and triton is not None):

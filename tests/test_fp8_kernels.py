@@ -287,15 +287,15 @@ def test_export_records_the_fp8_ops(fp8_on_cpu, monkeypatch):
     holder.single_transformer_blocks = torch.nn.ModuleList([block])
     fuse_single_block_quantization_(holder)
     monkeypatch.setattr(cudnn_attention, "MIN_TOKENS", 0)  # the block's 80 tokens in FP8
-    ops = {"cudnn": {"flux_fast.cudnn_fp8_attention.default"},
-           "cudnn_static_qk": {"flux_fast.cudnn_fp8_attention_static_qk.default"}}
+    ops = {"cudnn": {f"{quantize.OPS}.cudnn_fp8_attention.default"},
+           "cudnn_static_qk": {f"{quantize.OPS}.cudnn_fp8_attention_static_qk.default"}}
     freqs = torch.randn(80, 64).repeat_interleave(2, dim=1)  # 16 text + 64 image tokens
     for kernel, kernel_ops in ops.items():
         with aoti.weights.unwrapped_subclasses(block), sdpa_as_fp8(kernel, [block]):
             program = torch.export.export(block, tuple(block_inputs()), {"image_rotary_emb": (freqs.cos(), freqs.sin())},
                                           strict=False)
         targets = {str(node.target) for node in program.graph.nodes}
-        assert {"flux_fast.gelu_cat_quantize.default", *kernel_ops} <= targets
+        assert {f"{quantize.OPS}.gelu_cat_quantize.default", *kernel_ops} <= targets
 
 
 def test_export_quantizes_an_input_shared_by_several_layers_once(fp8_on_cpu):
