@@ -2,12 +2,13 @@
 
     optimize_pipeline_(pipe, OptimizationConfig(), prompt="a cat", width=1024, height=1024)
 
-1. decide the hardware plan on the card (plan.py): its architecture's fast paths, each probed there first, and the
-   attention backend (FA3 on Hopper where it can be fetched and attention stays bf16, else PyTorch's SDPA);
+1. decide the hardware plan on the card (plan.py): its architecture's fast paths, each probed there first (probes.py),
+   and the attention: cuDNN's FP8 attention where the plan has it (Hopper), else FA3 where it can be fetched, else
+   PyTorch's SDPA;
 2. capture the transformer's arguments from one real pipeline call (the transformer does not run),
    and, for regional compilation, those of the first block of each repeated kind;
-3. prepare the blocks as the plan says: FP8 (torchao) per row or per tensor, the fused quantization kernels, q and k's
-   RoPE layout for the FP8 attention;
+3. prepare the blocks as the plan says: FP8 (torchao) per row or per tensor, the fused quantization kernels
+   (fp8_kernels/), SDPA recorded as the FP8 attention op at export, q and k's RoPE layout for it;
 4. export with one dynamic image-sequence axis covering every UI resolution (plus, optionally,
    static graphs for chosen sizes);
 5. compile with AOTInductor into small packages without weights;
