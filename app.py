@@ -9,7 +9,9 @@ import logging
 import math
 import os
 import random
+import threading
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +247,7 @@ def infer(
     lora: str = "",
     lora_scale: float = 1.0,
     progress: gr.Progress = gr.Progress(track_tqdm=True),
+    request: gr.Request = None,
 ):
     """Generate an image from a text prompt with FLUX (transformer AoT-compiled).
 
@@ -285,7 +288,37 @@ def infer(
     RESERVATION.record(width, height, steps, lora, RESERVATION.clock() - started, timing)
     settings = settings_of(prompt, seed, width, height, guidance, steps, lora, lora_scale, warning)
     image.info.update(settings)  # Gradio keeps them in the PNG
-    return image, seed, timing  # the timing goes to the UI's status line (gr.State), not to API callers
+    remember_timing(request, timing)
+    return image, seed
+
+
+# The status line's last timing, per browser session: not an output of the API event, whose outputs are what API and
+# MCP callers get (Gradio's MCP tool fails on an event with a gr.State among its outputs).
+TIMINGS: OrderedDict[str, dict] = OrderedDict()
+MAX_SESSIONS = 1000  # the oldest sessions' timings go first
+_timings_lock = threading.Lock()
+
+
+def _session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or ""  # "": a direct call, without Gradio's request
+
+
+def remember_timing(request: gr.Request | None, timing: dict) -> None:
+    with _timings_lock:
+        TIMINGS[_session(request)] = timing
+        TIMINGS.move_to_end(_session(request))
+        while len(TIMINGS) > MAX_SESSIONS:
+            TIMINGS.popitem(last=False)
+
+
+def last_timing(request: gr.Request | None = None) -> dict | None:
+    """The timing of the last image made for `request`'s session (without a request: by a direct call)."""
+    with _timings_lock:
+        return TIMINGS.get(_session(request))
+
+
+def session_status(request: gr.Request) -> str:
+    return generation_status(last_timing(request))
 
 
 def truncation_warning(prompt: str) -> str | None:
@@ -377,7 +410,6 @@ with gr.Blocks(title="FLUX, AoT-compiled", delete_cache=DELETE_FILES) as demo:
             run_button = gr.Button("Run", scale=0, variant="primary")
         result = gr.Image(label="Result", show_label=False, format="png", type="pil", elem_id="result")
         status = gr.Markdown(STATUS, elem_id="status")
-        last_generation = gr.State(None)  # this session's last timing; gr.State stays out of the API
         with gr.Accordion("Advanced Settings", open=False):
             seed = whole_number(gr.Slider(label="Seed", minimum=0, maximum=cfg.MAX_SEED, step=1, value=0))
             randomize_seed = gr.Checkbox(label="Randomize seed", value=True)
@@ -403,7 +435,7 @@ with gr.Blocks(title="FLUX, AoT-compiled", delete_cache=DELETE_FILES) as demo:
                 lora.api_info = lambda: {"type": "string", "description": f"one of {listed}, or a Hub LoRA as owner/name"}
                 lora_scale = gr.Slider(label="LoRA scale", minimum=SCALE_RANGE[0], maximum=SCALE_RANGE[1], step=0.05, value=1.0)
         request = [prompt, seed, randomize_seed, width, height, guidance_scale, num_inference_steps, lora, lora_scale]  # infer's
-        generated = [result, seed, last_generation]
+        generated = [result, seed]
         gr.Examples(
             examples=EXAMPLE_ROWS,
             fn=infer,
@@ -420,7 +452,7 @@ with gr.Blocks(title="FLUX, AoT-compiled", delete_cache=DELETE_FILES) as demo:
         outputs=generated,
         api_name="infer",
         preprocess=False,  # `infer` validates raw values itself, with the same messages for UI and API
-    ).success(generation_status, inputs=last_generation, outputs=status, api_visibility="private")
+    ).success(session_status, outputs=status, api_visibility="private")
 
 # Launch ------------------------------------------------------------------------------------------
 

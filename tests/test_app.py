@@ -176,6 +176,35 @@ def test_mcp_tool_schema_describes_every_argument(app):
     assert "Returns: The generated image (PNG, with its prompt, seed and settings as text fields) and" in tool["description"]
 
 
+def test_the_mcp_tool_returns_the_image_and_the_seed(app):
+    """An MCP client's session, as an agent opens one. With progress reports the result holds the image itself and
+    the seed; without, Gradio 6.31 returns both as one text (gradio/mcp.py, `_execute_tool_without_progress` wraps a
+    queued tool's outputs in a list): the image's URL and the seed, still no error."""
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamablehttp_client
+
+    arguments = {"prompt": "a red fox", "seed": 4, "randomize_seed": False, "width": 256, "height": 256,
+                 "num_inference_steps": 2}
+
+    async def call(**options) -> object:
+        async with streamablehttp_client(app.demo.local_url + "gradio_api/mcp/") as (read, write, _):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                return await session.call_tool("infer", arguments, **options)
+
+    async def progress(step, total, message):
+        pass
+
+    with_progress = asyncio.run(asyncio.wait_for(call(progress_callback=progress), timeout=300))
+    assert not with_progress.isError, with_progress.content
+    image, *texts = with_progress.content
+    assert image.type == "image" and image.mimeType == "image/png" and "4" in [t.text for t in texts], with_progress.content
+    plain = asyncio.run(asyncio.wait_for(call(), timeout=300))
+    assert not plain.isError and ".png" in plain.content[0].text and plain.content[0].text.endswith(" 4]"), plain.content
+
+
 RUNNING = (Status.PROCESSING, Status.PROGRESS, Status.ITERATING)
 
 
@@ -209,7 +238,8 @@ def test_a_full_queue_answers_busy_and_serves_the_rest(app, client):
 
 
 def test_status_line_shows_the_last_generations_speed(app):
-    image, seed, timing = app.infer("a red kite", 9, False, 256, 256, 3.5, 3)
+    image, seed = app.infer("a red kite", 9, False, 256, 256, 3.5, 3)
+    timing = app.last_timing()
     assert (image.size, seed, timing["steps"], timing["size"]) == ((256, 256), 9, 3, "256x256")
     assert 0 < timing["seconds_per_step"] * 3 <= timing["seconds"]
     status = app.generation_status(timing)
@@ -228,7 +258,7 @@ def test_a_model_that_cannot_load_ends_startup_with_the_fix(tmp_path):
 def test_long_prompt_warns_that_it_is_cut(app, monkeypatch):
     warnings = []
     monkeypatch.setattr(app.gr, "Warning", warnings.append)
-    image, _, _ = app.infer("many words " * 300, 1, False, 256, 256, 3.5, 1)
+    image, _ = app.infer("many words " * 300, 1, False, 256, 256, 3.5, 1)
     assert image.size == (256, 256)
     assert len(warnings) == 1 and "only the first 512 were used" in warnings[0]
 
@@ -298,7 +328,9 @@ def test_concurrent_requests_with_different_loras_each_get_their_own(client):
 
 
 def test_the_status_line_names_the_lora(app):
-    image, _, timing = app.infer("a red kite", 9, False, 256, 256, 3.5, 2, "tiny-detail", 0.5)
+    image, _ = app.infer("a red kite", 9, False, 256, 256, 3.5, 2, "tiny-detail", 0.5)
+    timing = app.last_timing()
     assert (timing["lora"], timing["lora_scale"]) == ("tiny-detail", 0.5) and timing["lora_seconds"] >= 0
     assert "LoRA tiny-detail at 0.5" in app.generation_status(timing)
-    assert "LoRA" not in app.generation_status(app.infer("a red kite", 9, False, 256, 256, 3.5, 2)[2])
+    app.infer("a red kite", 9, False, 256, 256, 3.5, 2)
+    assert "LoRA" not in app.generation_status(app.last_timing())
