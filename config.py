@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,7 @@ PIXELS_PER_LATENT = 8  # per side: FLUX's VAE downsamples 8x
 PIXELS_PER_TOKEN = 2 * PIXELS_PER_LATENT  # the transformer packs 2x2 latents into a token
 MAX_SEED = 2**31 - 1
 GUIDANCE_RANGE = (1.0, 15.0)  # of the UI and the API
+DTYPES = ("bfloat16", "float16", "float32")  # the pipeline's weights: FLUX_DTYPE
 FP8_ATTENTION = ("auto", "off", "cudnn", "cudnn_static_qk")  # OptimizationConfig.fp8_attention's choices
 FP8_GRANULARITY = ("auto", "row", "tensor")
 INDUCTOR_PERSISTENT_ROWS = 1024  # inductor's own limit for rows reduced in one pass (its InductorChoices)
@@ -198,12 +200,21 @@ class AppConfig:
     serve: ServeConfig = ServeConfig()
 
     def __post_init__(self) -> None:
-        if not self.lora_cache_gb > 0:
-            raise ValueError(f"FLUX_LORA_CACHE_GB must be positive, got {self.lora_cache_gb}")
-        if not self.lora_downloads_gb > 0:
-            raise ValueError(f"FLUX_LORA_DOWNLOADS_GB must be positive, got {self.lora_downloads_gb}")
-        if self.zerogpu_size not in ("", "large", "xlarge"):
-            raise ValueError(f"FLUX_ZEROGPU_SIZE must be 'large' or 'xlarge', got {self.zerogpu_size!r}")
+        """Nonsense settings stop the start here, before anything loads, naming the variable."""
+        checks = [
+            (self.max_steps >= 1, f"FLUX_MAX_STEPS must be at least 1, got {self.max_steps}"),
+            (self.queue_size >= 1, f"FLUX_QUEUE_SIZE must be at least 1, got {self.queue_size}"),
+            (self.dtype in DTYPES, f"FLUX_DTYPE must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
+            (self.device == "cpu" or re.fullmatch(r"cuda(:\d+)?", self.device) is not None,
+             f"FLUX_DEVICE must be cpu, cuda or cuda:N, got {self.device!r}"),
+            (self.lora_cache_gb > 0, f"FLUX_LORA_CACHE_GB must be positive, got {self.lora_cache_gb}"),
+            (self.lora_downloads_gb > 0, f"FLUX_LORA_DOWNLOADS_GB must be positive, got {self.lora_downloads_gb}"),
+            (self.zerogpu_size in ("", "large", "xlarge"),
+             f"FLUX_ZEROGPU_SIZE must be 'large' or 'xlarge', got {self.zerogpu_size!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
 
     @property
     def embedded(self) -> bool:
@@ -244,7 +255,10 @@ def from_env(environ: Mapping[str, str] = os.environ, cuda: bool | None = None) 
         cuda = torch.cuda.is_available()
     preset = PRESETS["gpu" if cuda else "cpu"]
     optimization, serve = _override(preset.optimization, environ), _override(preset.serve, environ)
-    return dataclasses.replace(_override(preset, environ), optimization=optimization, serve=serve)
+    config = dataclasses.replace(_override(preset, environ), optimization=optimization, serve=serve)
+    if config.device.startswith("cuda") and not cuda:
+        raise ValueError(f"FLUX_DEVICE={config.device!r}, but this machine's torch sees no CUDA GPU")
+    return config
 
 
 def _override(config: Any, environ: Mapping[str, str]) -> Any:

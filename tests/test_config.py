@@ -24,7 +24,15 @@ def test_environment_overrides_single_fields():
 @pytest.mark.parametrize(
     "environ, message",
     [({"AOTI_FP8": "perhaps"}, "AOTI_FP8='perhaps'"), ({"FLUX_MAX_STEPS": "many"}, "expected int"),
-     ({"AOTI_FP8_GRANULARITY": "block"}, "fp8_granularity must be one of")],
+     ({"AOTI_FP8_GRANULARITY": "block"}, "fp8_granularity must be one of"),
+     ({"FLUX_MAX_STEPS": "0"}, "FLUX_MAX_STEPS must be at least 1, got 0"),
+     ({"FLUX_QUEUE_SIZE": "-1"}, "FLUX_QUEUE_SIZE must be at least 1, got -1"),
+     ({"FLUX_DTYPE": "load"}, "FLUX_DTYPE must be one of bfloat16, float16, float32, got 'load'"),
+     ({"FLUX_DEVICE": "gpu"}, "FLUX_DEVICE must be cpu, cuda or cuda:N, got 'gpu'"),
+     ({"FLUX_DEVICE": "cuda"}, "FLUX_DEVICE='cuda', but this machine's torch sees no CUDA GPU"),
+     ({"FLUX_LORA_CACHE_GB": "0"}, "FLUX_LORA_CACHE_GB must be positive"),
+     ({"FLUX_LORA_DOWNLOADS_GB": "-2"}, "FLUX_LORA_DOWNLOADS_GB must be positive"),
+     ({"SERVE_REQUEST_TIMEOUT_S": "0"}, "SERVE_REQUEST_TIMEOUT_S must be positive")],
 )
 def test_bad_environment_values_are_named(environ, message):
     with pytest.raises(ValueError, match=message):
