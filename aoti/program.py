@@ -27,14 +27,16 @@ from .toolchain import check_package
 # it only in its destructor, which never runs in a ZeroGPU worker (killed, or ended by os._exit).
 # So we point $TMPDIR at a folder of our own per process while it extracts, remove that folder at the
 # process's exit, and sweep the folders of dead processes. "pid-" keeps these names apart from
-# tempfile's `aoti-` + 8 random characters (compile's build folders), which can be all digits.
+# tempfile's `aoti-` + 8 random characters (compile's build folders), which can be all digits. The folder is
+# `aoti-pid-<pid>-<random>`, made by mkdtemp (mode 0700): a name another user of a shared temp dir could guess
+# and make first (a symbolic link, or a folder they can write) would let them swap the library we load.
 PROCESS_FOLDER_PREFIX = "aoti-pid-"
 _TMPDIR_LOCK = threading.Lock()  # $TMPDIR is process-wide: one extraction at a time
 # A fork waits for an extraction in progress: the child gets neither a held lock nor our $TMPDIR.
 os.register_at_fork(
     before=_TMPDIR_LOCK.acquire, after_in_parent=_TMPDIR_LOCK.release, after_in_child=_TMPDIR_LOCK.release
 )
-_finalized: set[Path] = set()  # folders whose removal at exit is registered (a forked child's differ by pid)
+_folders: dict[tuple[int, Path], Path] = {}  # (pid, base): that process's folder (a forked child makes its own)
 
 
 @dataclass(frozen=True)
@@ -100,20 +102,22 @@ def process_folder() -> Path:
     # answer (under pytest, from before conftest sets $TMPDIR).
     base = Path(os.environ.get("TMPDIR") or tempfile.gettempdir())
     remove_dead_process_folders(base)
-    folder = base / f"{PROCESS_FOLDER_PREFIX}{os.getpid()}"
-    folder.mkdir(exist_ok=True)
-    if folder not in _finalized:
+    key = (os.getpid(), base)
+    if key not in _folders or not _folders[key].is_dir():
+        _folders[key] = Path(tempfile.mkdtemp(prefix=f"{PROCESS_FOLDER_PREFIX}{os.getpid()}-", dir=base))
         # Last of the exit steps (multiprocessing's own are at -5 and above): no runner is used after.
-        multiprocessing.util.Finalize(None, shutil.rmtree, (folder,), {"ignore_errors": True}, exitpriority=-100)
-        _finalized.add(folder)
-    return folder
+        multiprocessing.util.Finalize(None, shutil.rmtree, (_folders[key],), {"ignore_errors": True}, exitpriority=-100)
+    return _folders[key]
 
 
 def remove_dead_process_folders(base: Path) -> None:
-    """Remove the extraction folders that processes which no longer exist left under `base`."""
+    """Remove the extraction folders that processes which no longer exist left under `base`: only real folders of
+    this user (a link is not followed, another user's folder is theirs)."""
     for folder in base.glob(f"{PROCESS_FOLDER_PREFIX}*"):
-        pid = folder.name[len(PROCESS_FOLDER_PREFIX):]
-        if pid.isascii() and pid.isdigit() and int(pid) > 0 and not _alive(int(pid)):
+        pid = folder.name[len(PROCESS_FOLDER_PREFIX):].split("-")[0]
+        if not (pid.isascii() and pid.isdigit() and int(pid) > 0) or _alive(int(pid)):
+            continue
+        if not folder.is_symlink() and folder.is_dir() and folder.lstat().st_uid == os.getuid():
             shutil.rmtree(folder, ignore_errors=True)
 
 

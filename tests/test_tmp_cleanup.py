@@ -2,8 +2,8 @@
 
 The C++ loader extracts a package into an `aotinductor_*` folder that only its destructor removes,
 and ZeroGPU's forked workers end without running it. Each process extracts into its own
-`aoti-pid-<pid>` folder instead, removed at its exit or, if it was killed, by the next process
-that loads a program.
+`aoti-pid-<pid>-<random>` folder instead (mkdtemp: a name no one else can take first), removed at its exit
+or, if it was killed, by the next process that loads a program.
 """
 
 import multiprocessing
@@ -27,7 +27,10 @@ TMP = Path(os.environ["TMPDIR"])  # conftest's TEST_DIR / "tmp"
 
 
 def folder_of(pid: int) -> Path:
-    return TMP / f"{PROCESS_FOLDER_PREFIX}{pid}"
+    """`pid`'s extraction folder, or where none is."""
+    found = sorted(TMP.glob(f"{PROCESS_FOLDER_PREFIX}{pid}-*"))
+    assert len(found) <= 1, found
+    return found[0] if found else TMP / f"{PROCESS_FOLDER_PREFIX}{pid}-none"
 
 
 def extraction_folders() -> set[str]:
@@ -152,7 +155,8 @@ transformer = FluxTransformer2DModel.from_pretrained(EMBEDDED_MODEL, subfolder="
 aoti.apply(transformer.eval(), aoti.load({artifact!r}))
 with torch.no_grad():
     transformer(**torch.load({kwargs!r}))
-folder = os.path.join({tmp!r}, "{prefix}%d" % os.getpid())
+import glob
+[folder] = glob.glob(os.path.join({tmp!r}, "{prefix}%d-*" % os.getpid()))
 print(os.getpid(), len([n for n in os.listdir(folder) if n.startswith("aotinductor_")]))
 """  # exits with its runner loaded: the loader's destructor may never run before the process ends
 
@@ -186,7 +190,7 @@ def test_loading_follows_and_restores_tmpdir(compiled_program, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(elsewhere))
     other = compiled_program.load(weights)
     assert os.environ["TMPDIR"] == str(elsewhere)
-    assert len(list((elsewhere / folder_of(os.getpid()).name).glob("aotinductor_*"))) == 1
+    assert len(list(elsewhere.glob(f"{PROCESS_FOLDER_PREFIX}{os.getpid()}-*/aotinductor_*"))) == 1
     del runner, other  # their destructors remove their extractions
     assert set(extracted_by(os.getpid())) <= before
 
@@ -194,8 +198,9 @@ def test_loading_follows_and_restores_tmpdir(compiled_program, monkeypatch):
 def test_only_folders_of_dead_processes_are_swept(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     names = [
-        f"{PROCESS_FOLDER_PREFIX}{int(dead.stdout)}",  # finished and reaped
-        f"{PROCESS_FOLDER_PREFIX}{os.getpid()}",  # this process
+        f"{PROCESS_FOLDER_PREFIX}{int(dead.stdout)}-k2x9",  # finished and reaped
+        f"{PROCESS_FOLDER_PREFIX}{int(dead.stdout)}",  # the same, as older versions named it
+        f"{PROCESS_FOLDER_PREFIX}{os.getpid()}-a1b2",  # this process
         f"{PROCESS_FOLDER_PREFIX}1",  # init: alive (PermissionError for a non-root user)
         f"{PROCESS_FOLDER_PREFIX}0",  # no process's
         f"{PROCESS_FOLDER_PREFIX}x",
@@ -204,4 +209,29 @@ def test_only_folders_of_dead_processes_are_swept(tmp_path):
     for name in names:
         (tmp_path / name / "aotinductor_x").mkdir(parents=True)
     remove_dead_process_folders(tmp_path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[2:])
+
+
+def test_a_dead_processs_link_or_another_users_folder_is_not_followed_or_removed(tmp_path, monkeypatch):
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    target = tmp_path / "precious"
+    (target / "keep").mkdir(parents=True)
+    (tmp_path / f"{PROCESS_FOLDER_PREFIX}{dead}-link").symlink_to(target)
+    foreign = tmp_path / f"{PROCESS_FOLDER_PREFIX}{dead}-theirs"
+    foreign.mkdir()
+    monkeypatch.setattr(os, "getuid", lambda: foreign.stat().st_uid + 1)  # as if another user had made it
+    remove_dead_process_folders(tmp_path)
+    assert (target / "keep").is_dir() and foreign.is_dir()
+
+
+def test_the_extraction_folder_is_a_fresh_private_one_not_a_guessable_name(tmp_path, monkeypatch):
+    from aoti import program
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    planted = tmp_path / f"{PROCESS_FOLDER_PREFIX}{os.getpid()}"  # the name a process's folder used to have
+    planted.symlink_to(tmp_path)
+    folder = program.process_folder()
+    assert folder.parent == tmp_path and folder.name.startswith(f"{PROCESS_FOLDER_PREFIX}{os.getpid()}-")
+    assert not folder.is_symlink() and folder.stat().st_mode & 0o777 == 0o700
+    assert program.process_folder() == folder  # one per process and base
