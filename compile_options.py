@@ -19,8 +19,10 @@ looped (bench/NOTES.md).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,6 +31,7 @@ from torch._inductor.choices import InductorChoices
 from torch._inductor.runtime.hints import ReductionHint
 from torch._inductor.virtualized import V
 
+import aoti
 from config import INDUCTOR_PERSISTENT_ROWS, OptimizationConfig
 
 
@@ -71,3 +74,13 @@ def persistent_rows(config: OptimizationConfig, device: torch.device, fp8: str |
     # earlier in this process without the handler is not reused.
     with V.set_choices_handler(_PersistentRows(up_to)), inductor_config.patch(fx_graph_cache=False):
         yield
+
+
+# The code that decides what a compiled program holds (what is exported, how it is prepared and compiled): its digest
+# is in every program's cache key, so an edit to it is compiled again rather than served a stale program.
+COMPILED_CODE = ("aoti", "fp8_kernels", "fp8.py", "attention.py", "compile_options.py", "optimization.py", "vae.py")
+
+
+@functools.cache
+def code_version() -> str:
+    return aoti.cache.source_digest(Path(__file__).resolve().parent, COMPILED_CODE)

@@ -40,7 +40,7 @@ from diffusers import FluxPipeline
 import aoti
 import plan as hardware
 from attention import set_attention_backend
-from compile_options import compiler_options, persistent_rows, persistent_rows_up_to
+from compile_options import code_version, compiler_options, persistent_rows, persistent_rows_up_to
 from config import MAX_SIZE, MIN_SIZE, PIXELS_PER_TOKEN, SIZE_STEP, OptimizationConfig
 from fp8 import is_fp8, quantize_fp8_
 from fp8_kernels import fuse_feed_forward_quantization_, fuse_single_block_quantization_, sdpa_as_fp8
@@ -194,6 +194,7 @@ def fingerprint(transformer: torch.nn.Module, config: OptimizationConfig, exampl
         "diffusers": diffusers.__version__,
         "torchao": torchao.__version__,
         "ops": OPS,  # the programs call fp8_kernels' ops by this name
+        "code": code_version(),
         **aoti.cache.environment(transformer.device.type),
     }
 

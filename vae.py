@@ -18,7 +18,7 @@ import diffusers
 import torch
 
 import aoti
-from compile_options import compiler_options
+from compile_options import code_version, compiler_options
 from config import PIXELS_PER_LATENT, OptimizationConfig
 from startup import stage
 
@@ -59,6 +59,7 @@ def fingerprint(vae: torch.nn.Module, config: OptimizationConfig, sizes: Sequenc
         "inductor_configs": compiler_options(config, fp8=None),
         "merge_duplicates": config.merge_duplicates,
         "diffusers": diffusers.__version__,
+        "code": code_version(),
         **aoti.cache.environment(vae.device.type),
     }
 

@@ -38,6 +38,9 @@ def environment(device: str) -> dict[str, Any]:
     env: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version()}
     if device.startswith("cuda"):
         env.update(cuda=torch.version.cuda, gpu=torch.cuda.get_device_name(), capability=list(torch.cuda.get_device_capability()))
+        # The host wrapper is C++ built with -march=native (inductor's default): on a CPU without those
+        # instructions (another machine sharing the cache folder or the Hub repo) it would crash, not fail to load.
+        env.update(machine=platform.machine(), host_cpu=host_cpu())
     else:
         from torch._inductor.cpu_vec_isa import pick_vec_isa  # compiled CPU code targets this ISA
 
@@ -45,6 +48,28 @@ def environment(device: str) -> dict[str, Any]:
                  "(~10 s with an empty inductor cache, a few seconds after)")
         env.update(machine=platform.machine(), cpu_isa=str(pick_vec_isa()))
     return env
+
+
+def host_cpu() -> str:
+    """This CPU's instruction-set extensions, as a short digest of /proc/cpuinfo's flags (x86) or features (Arm);
+    the processor's name where there is no such file."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    flags = next((line.split(":", 1)[1] for line in lines if line.startswith(("flags", "Features"))), "")
+    return hashlib.sha256(" ".join(sorted(flags.split())).encode()).hexdigest()[:16]
+
+
+def source_digest(root: Path, paths: Sequence[str]) -> str:
+    """A digest of the Python sources at `paths` (files, or folders taken whole) under `root`: a program compiled by
+    other code may differ under the same options, so a fingerprint that includes this is not served to new code."""
+    digest = hashlib.sha256()
+    for path in paths:
+        files = sorted((root / path).rglob("*.py")) if (root / path).is_dir() else [root / path]
+        for file in files:
+            digest.update(file.relative_to(root).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
 
 
 def _try_lock(file) -> bool:
@@ -106,29 +131,49 @@ class ProgramCache:
         self, fingerprint: Mapping[str, Any], build: Callable[[], Mapping[str, Sequence[CompiledProgram]]]
     ) -> tuple[dict[str, list[CompiledProgram]], bool]:
         """After a miss: `build()`'s programs, stored, and False; or, when another process sharing the folder
-        stored them while this one waited for the lock, theirs and True. Of processes that miss together, one builds."""
+        stored them while this one waited for the lock, theirs and True. Of processes that miss together, one builds.
+
+        The cache is optional: where its folder cannot be locked or written (read-only, full, a filesystem without
+        locks), a warning says so and the programs just built are returned all the same."""
         key = key_of(fingerprint)
-        with self._lock(key):
-            if (self.folder / key).exists():
+        with self._lock(key) as usable:
+            if usable and (self.folder / key).exists():
                 programs = self.load(fingerprint)
                 if programs is not None:
                     return programs, True
             programs = {group: list(members) for group, members in build().items()}
-            self.store(fingerprint, programs)
+            if usable:
+                try:
+                    self.store(fingerprint, programs)
+                except OSError as error:
+                    log.warning("could not store the compiled program in %s (%s: %s): serving it from memory; the next "
+                                "start compiles again", self.folder, type(error).__name__, error)
         return programs, False
 
     @contextlib.contextmanager
-    def _lock(self, key: str) -> Iterator[None]:
+    def _lock(self, key: str) -> Iterator[bool]:
+        """Held while a missing entry is built; yields False (after a warning) where the folder cannot be locked."""
         # flock: released by the kernel when its holder dies, so a killed compile blocks no one; over NFS
         # Linux maps it to a byte-range lock that every client sees. The file stays: removing it would race.
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with open(self.folder / f".{key}.lock", "a") as lock:
-            if _try_lock(lock):
-                yield
-                return
-            log.info("another process is compiling this setup; waiting for its entry in %s", self.folder)
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            yield
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            lock = open(self.folder / f".{key}.lock", "a")
+        except OSError as error:
+            log.warning("cannot use the program cache in %s (%s: %s): compiling without it", self.folder,
+                        type(error).__name__, error)
+            yield False
+            return
+        with lock:
+            try:
+                if not _try_lock(lock):
+                    log.info("another process is compiling this setup; waiting for its entry in %s", self.folder)
+                    fcntl.flock(lock, fcntl.LOCK_EX)
+                locked = True
+            except OSError as error:  # ENOLCK: a filesystem without locks
+                log.warning("cannot lock the program cache in %s (%s: %s): compiling without it", self.folder,
+                            type(error).__name__, error)
+                locked = False
+            yield locked
 
     def store(self, fingerprint: Mapping[str, Any], programs: Mapping[str, Sequence[CompiledProgram]]) -> Path:
         """Save the programs for this fingerprint, by group (a name per compiled module kind).
@@ -174,9 +219,10 @@ class ProgramCache:
     def _pull(self, key: str) -> None:
         from huggingface_hub import snapshot_download
 
-        self.folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=f".{key}.pull."))
+        staging = None
         try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=f".{key}.pull."))
             snapshot_download(self.hub_repo, allow_patterns=[f"{key}/*"], local_dir=staging, token=self.token)
             if (staging / key / ENTRY_FILE).exists():
                 os.rename(staging / key, self.folder / key)
@@ -184,7 +230,8 @@ class ProgramCache:
         except Exception as error:  # offline, no such repo, no access: compile locally instead
             log.warning("could not pull %s from %s: %s: %s", key, self.hub_repo, type(error).__name__, error)
         finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            if staging:
+                shutil.rmtree(staging, ignore_errors=True)
 
     def _push(self, key: str) -> None:
         from huggingface_hub import HfApi

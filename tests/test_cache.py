@@ -163,6 +163,54 @@ def load_or_build_in_child(folder, program, builds, results):
     results.put((programs == {"transformer": [program]}, cached))
 
 
+@pytest.mark.parametrize("failure", ["full disk", "unwritable folder", "no locks"])
+def test_a_cache_that_cannot_be_written_is_a_warning_and_the_programs_are_served(compiled_program, tmp_path, caplog,
+                                                                                 monkeypatch, failure):
+    """The cache is optional: a full disk, a folder the app may not write (tests run as root, where chmod blocks
+    nothing: the error is raised where the OS would raise it) or a filesystem without locks never stops a start."""
+    import errno
+
+    from aoti import artifact
+    from aoti import cache as cache_module
+
+    cache = aoti.ProgramCache(tmp_path / "cache")
+    if failure == "full disk":
+        monkeypatch.setattr(artifact, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+    elif failure == "unwritable folder":
+        cache = aoti.ProgramCache(tmp_path / "file" / "cache")
+        (tmp_path / "file").write_text("a file where the folder's parent should be")  # mkdir: NotADirectoryError
+    else:
+        def no_locks(file, operation):
+            raise OSError(errno.ENOLCK, "No locks available")
+
+        monkeypatch.setattr(cache_module.fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING, logger="aoti.cache"):
+        programs, shared = cache.build_once(FINGERPRINT, lambda: {"transformer": [compiled_program]})
+    assert programs == {"transformer": [compiled_program]} and not shared
+    assert "compiling without it" in caplog.text or "serving it from memory" in caplog.text, caplog.text
+    if failure == "full disk":
+        assert [p.name for p in (tmp_path / "cache").iterdir()] == [f".{key_of(FINGERPRINT)}.lock"]  # no half entry
+
+
+def test_the_key_changes_with_the_compiled_code_and_the_host_cpu(monkeypatch, tmp_path):
+    import compile_options
+    from aoti import cache as cache_module
+
+    root = tmp_path / "project"
+    (root / "aoti").mkdir(parents=True)
+    (root / "aoti" / "stage.py").write_text("x = 1\n")
+    (root / "vae.py").write_text("y = 2\n")
+    before = cache_module.source_digest(root, ["aoti", "vae.py"])
+    (root / "aoti" / "stage.py").write_text("x = 2\n")
+    assert cache_module.source_digest(root, ["aoti", "vae.py"]) != before
+    assert len(compile_options.code_version()) == 16 and all((ROOT / path).exists() for path in compile_options.COMPILED_CODE)
+    flags = "flags\t\t: fpu sse2 avx2"
+    monkeypatch.setattr(cache_module.Path, "read_text", lambda self: flags if str(self) == "/proc/cpuinfo" else "")
+    avx2 = cache_module.host_cpu()
+    flags = "flags\t\t: fpu sse2 avx2 avx512f"
+    assert cache_module.host_cpu() != avx2
+
+
 def test_processes_that_miss_together_compile_once(compiled_program, tmp_path):
     """Two replicas starting at once on one cache folder: one compiles, the other waits and loads its entry."""
     context = multiprocessing.get_context("fork")
