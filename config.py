@@ -97,7 +97,12 @@ class OptimizationConfig:
     static_sizes: str = field(default="", metadata=env("AOTI_STATIC_SIZES"))
     cache: bool = field(default=True, metadata=env("AOTI_CACHE"))  # reuse compiled programs across starts
     cache_dir: str = field(default="", metadata=env("AOTI_CACHE_DIR"))  # "": /data/aoti-cache on Spaces, else ~/.cache
-    hub_repo: str = field(default="", metadata=env("AOTI_HUB_REPO"))  # also pull/push programs here (needs HF_TOKEN)
+    # Also pull programs from this Hub repo (HF_TOKEN reads a private one), and push them there with the secret
+    # AOTI_HUB_TOKEN, signed with the secret AOTI_HUB_SIGNING_KEY (aoti/signing.py). Programs are native code: they are
+    # loaded from the repo only at the commit AOTI_HUB_REVISION pins, or signed by AOTI_HUB_PUBLIC_KEY's key.
+    hub_repo: str = field(default="", metadata=env("AOTI_HUB_REPO"))
+    hub_revision: str = field(default="", metadata=env("AOTI_HUB_REVISION"))
+    hub_public_key: str = field(default="", metadata=env("AOTI_HUB_PUBLIC_KEY"))
     # Identical computations in an exported graph run once (aoti/export.py): torchao quantizes a shared input per layer.
     merge_duplicates: bool = field(default=True, metadata=env("AOTI_MERGE_DUPLICATES"))
     # The transformer's row reductions (LayerNorm, per-row FP8 scales over 3072 channels) of up to this many elements as

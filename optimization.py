@@ -156,7 +156,8 @@ def text_stream(name: str) -> bool:
 
 # Options that leave the transformer's programs as they are (how they are served or stored, and whether the
 # VAE decoder is compiled, which has its own cache key): left out of the transformer's cache key.
-SERVING_OPTIONS = frozenset({"aot", "cuda_graphs", "cache", "cache_dir", "hub_repo", "vae_decoder"})
+SERVING_OPTIONS = frozenset({"aot", "cuda_graphs", "cache", "cache_dir", "hub_repo", "hub_revision", "hub_public_key",
+                             "vae_decoder"})
 
 
 # Options that the plan decides (plan.py): the cache key records the plan's decisions instead of what was asked for.
@@ -278,7 +279,11 @@ def load_or_build(
     """The programs cached under `key`, else `build()`'s, stored; and whether they came from the cache."""
     if not config.cache:
         return build(), False
-    cache = aoti.ProgramCache(config.cache_folder, config.hub_repo, os.environ.get("HF_TOKEN"))
+    cache = aoti.ProgramCache(
+        config.cache_folder, config.hub_repo, os.environ.get("HF_TOKEN"), hub_revision=config.hub_revision,
+        public_key=config.hub_public_key, signing_key=os.environ.get("AOTI_HUB_SIGNING_KEY"),
+        push_token=os.environ.get("AOTI_HUB_TOKEN"),
+    )
     with stage(f"{name}cache lookup", times):
         programs = cache.load(key)
     if programs is not None:

@@ -44,7 +44,7 @@ log = logging.getLogger("serve")
 ROOT = Path(__file__).resolve().parent
 APP_NAME = "flux"
 FORWARDED = ("FLUX_", "AOTI_", "HF_", "TORCHINDUCTOR_")  # settings the replicas read, wherever they run
-SECRET = re.compile(r"TOKEN|SECRET|PASSWORD|KEY", re.IGNORECASE)  # never in a job's settings
+SECRET = re.compile(r"TOKEN|SECRET|PASSWORD|(?<!PUBLIC_)KEY", re.IGNORECASE)  # never in a job's settings
 ATTEMPTS = 2  # per request: its replica may die for reasons of its own; a second death is the request's doing
 
 

@@ -6,7 +6,9 @@ Entries are written under a temporary name and renamed into place, so concurrent
 see half an entry; a damaged entry is reported, removed and compiled again. Processes sharing the folder
 (replicas starting together, on one machine or on shared storage) compile a missing entry once: with
 `build_once`, a lock file next to the entry (`.<key>.lock`) lets one compile while the others wait and load.
-Optionally the same entries are pulled from and pushed to a Hugging Face Hub repository. Weights are never stored.
+Optionally the same entries are pulled from and pushed to a Hugging Face Hub repository: pulled only at a pinned
+commit or when signed by the Space's key (signing.py), as they are native code; pushed signed, with a token of their
+own. Weights are never stored.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any
 
 import torch
 
-from . import artifact
+from . import artifact, signing
 from .program import CompiledProgram
 
 log = logging.getLogger(__name__)
@@ -100,10 +102,19 @@ def _differences(a: Mapping[str, Any], b: Mapping[str, Any], prefix: str = "") -
 
 
 class ProgramCache:
-    def __init__(self, folder: str | os.PathLike, hub_repo: str = "", token: str | None = None):
+    """`folder`'s entries; with `hub_repo`, also that repo's: read with `token` at `hub_revision` (a commit; "" for its
+    head) and used only if pinned so or signed by `public_key`; entries this process stores are signed with
+    `signing_key` and pushed with `push_token` (a write token for that repo alone), when given."""
+
+    def __init__(
+        self, folder: str | os.PathLike, hub_repo: str = "", token: str | None = None, *, hub_revision: str = "",
+        public_key: str = "", signing_key: str | None = None, push_token: str | None = None,
+    ):
         self.folder = Path(folder)
         self.hub_repo = hub_repo
         self.token = token
+        self.hub_revision, self.public_key = hub_revision, public_key
+        self.signing_key, self.push_token = signing_key, push_token
 
     def load(self, fingerprint: Mapping[str, Any]) -> dict[str, list[CompiledProgram]] | None:
         """The programs stored for this fingerprint, by group, or None (with one log line saying why)."""
@@ -192,13 +203,15 @@ class ProgramCache:
                     artifact.save(program, staging / f"{group}-{i}")
             manifest = {"fingerprint": fingerprint, "programs": {group: len(members) for group, members in programs.items()}}
             (staging / ENTRY_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
+            if self.signing_key:
+                signing.sign(staging, self.signing_key)
             os.rename(staging, entry)  # atomic; fails if another process got there first
         except OSError:
             if not entry.exists():
                 raise
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        if self.hub_repo and self.token:
+        if self.hub_repo and self.push_token:
             self._push(key)
         return entry
 
@@ -219,14 +232,23 @@ class ProgramCache:
     def _pull(self, key: str) -> None:
         from huggingface_hub import snapshot_download
 
+        if not (self.hub_revision or self.public_key):
+            log.warning("not loading compiled programs from %s: they are native code, and its head can be changed by "
+                        "anyone who can write it; pin AOTI_HUB_REVISION to a commit or set AOTI_HUB_PUBLIC_KEY", self.hub_repo)
+            return
         staging = None
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(dir=self.folder, prefix=f".{key}.pull."))
-            snapshot_download(self.hub_repo, allow_patterns=[f"{key}/*"], local_dir=staging, token=self.token)
+            snapshot_download(self.hub_repo, allow_patterns=[f"{key}/*"], local_dir=staging, token=self.token,
+                              revision=self.hub_revision or None)
             if (staging / key / ENTRY_FILE).exists():
+                if self.public_key:
+                    signing.verify(staging / key, self.public_key)
                 os.rename(staging / key, self.folder / key)
                 log.info("pulled the compiled program %s from %s", key, self.hub_repo)
+        except signing.SignatureError as error:
+            log.warning("rejected the compiled program %s from %s: %s; compiling instead", key, self.hub_repo, error)
         except Exception as error:  # offline, no such repo, no access: compile locally instead
             log.warning("could not pull %s from %s: %s: %s", key, self.hub_repo, type(error).__name__, error)
         finally:
@@ -237,7 +259,7 @@ class ProgramCache:
         from huggingface_hub import HfApi
 
         try:
-            api = HfApi(token=self.token)
+            api = HfApi(token=self.push_token)
             api.create_repo(self.hub_repo, private=True, exist_ok=True)
             api.upload_folder(repo_id=self.hub_repo, folder_path=self.folder / key, path_in_repo=key,
                               commit_message=f"Add compiled program {key}")

@@ -16,6 +16,7 @@ import huggingface_hub
 import pytest
 
 import aoti
+from aoti import signing
 from aoti.cache import ENTRY_FILE, key_of
 from aoti.toolchain import _gnu_stack_flags_offset
 from conftest import ROOT
@@ -233,7 +234,7 @@ def local_hub(tmp_path, monkeypatch):
     hub = tmp_path / "hub"
     hub.mkdir()
 
-    def snapshot_download(repo_id, allow_patterns, local_dir, token=None):
+    def snapshot_download(repo_id, allow_patterns, local_dir, token=None, revision=None):
         prefix = allow_patterns[0].removesuffix("/*")
         if (hub / repo_id / prefix).exists():
             shutil.copytree(hub / repo_id / prefix, os.path.join(local_dir, prefix))
@@ -254,13 +255,65 @@ def local_hub(tmp_path, monkeypatch):
     return hub
 
 
-def test_programs_travel_through_the_hub_repo(compiled_program, tmp_path, local_hub):
-    machine_a = aoti.ProgramCache(tmp_path / "machine-a", "me/flux-aoti", token="write-token")
+KEYS = signing.new_key_pair()
+
+
+def test_programs_travel_through_the_hub_repo_signed(compiled_program, tmp_path, local_hub):
+    public, private = KEYS
+    machine_a = aoti.ProgramCache(tmp_path / "machine-a", "me/flux-aoti", signing_key=private, push_token="write-token")
     machine_a.store(FINGERPRINT, {"transformer": [compiled_program]})
-    assert (local_hub / "me/flux-aoti" / key_of(FINGERPRINT) / ENTRY_FILE).exists()
-    other_machine = aoti.ProgramCache(tmp_path / "machine-b", "me/flux-aoti")
+    assert (local_hub / "me/flux-aoti" / key_of(FINGERPRINT) / signing.SIGNATURE_FILE).exists()
+    other_machine = aoti.ProgramCache(tmp_path / "machine-b", "me/flux-aoti", token="read-token", public_key=public)
     assert other_machine.load(FINGERPRINT) == {"transformer": [compiled_program]}
     assert (tmp_path / "machine-b" / key_of(FINGERPRINT)).is_dir()  # kept locally for the next start
+
+
+def test_a_planted_or_unsigned_program_from_the_hub_is_never_loaded(compiled_program, tmp_path, local_hub, caplog):
+    """Whoever can write the repo can replace a library and its checksum; not the signature of a key they lack."""
+    public, private = KEYS
+    aoti.ProgramCache(tmp_path / "builder", "me/flux-aoti", signing_key=private, push_token="write-token").store(
+        FINGERPRINT, {"transformer": [compiled_program]})
+    remote = local_hub / "me/flux-aoti" / key_of(FINGERPRINT)
+    library = next(path for path in remote.rglob("*") if path.is_file() and path.name not in (ENTRY_FILE, signing.SIGNATURE_FILE))
+    library.write_bytes(library.read_bytes() + b"planted")  # the attacker also fixes any checksum beside it
+    with caplog.at_level(logging.WARNING, logger="aoti.cache"):
+        assert aoti.ProgramCache(tmp_path / "space", "me/flux-aoti", public_key=public).load(FINGERPRINT) is None
+    assert "not signed by the Space's key, or changed since it was signed" in caplog.text
+    assert not (tmp_path / "space" / key_of(FINGERPRINT)).exists()
+    (remote / signing.SIGNATURE_FILE).unlink()  # unsigned
+    assert aoti.ProgramCache(tmp_path / "space", "me/flux-aoti", public_key=public).load(FINGERPRINT) is None
+    assert "has no readable signature" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="aoti.cache"):  # neither pinned nor a key: the head is not trusted
+        assert aoti.ProgramCache(tmp_path / "space", "me/flux-aoti").load(FINGERPRINT) is None
+    assert "pin AOTI_HUB_REVISION to a commit or set AOTI_HUB_PUBLIC_KEY" in caplog.text
+
+
+def test_a_pinned_revision_is_what_is_fetched(compiled_program, tmp_path, local_hub, monkeypatch):
+    asked = []
+    fetch = huggingface_hub.snapshot_download
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda *a, **k: asked.append(k["revision"]) or fetch(*a, **k))
+    aoti.ProgramCache(tmp_path / "builder", "me/flux-aoti", push_token="write-token").store(
+        FINGERPRINT, {"transformer": [compiled_program]})
+    pinned = aoti.ProgramCache(tmp_path / "space", "me/flux-aoti", hub_revision="0123abcd")
+    assert pinned.load(FINGERPRINT) == {"transformer": [compiled_program]} and asked == ["0123abcd"]
+
+
+def test_keys_are_checked_and_a_signature_covers_every_file(tmp_path):
+    public, private = KEYS
+    entry = tmp_path / "entry"
+    (entry / "group-0").mkdir(parents=True)
+    (entry / ENTRY_FILE).write_text("{}")
+    (entry / "group-0" / "program.pt2").write_bytes(b"code")
+    signing.sign(entry, private)
+    signing.verify(entry, public)
+    (entry / "group-0" / "extra.so").write_bytes(b"more code")  # a file added after signing
+    with pytest.raises(signing.SignatureError):
+        signing.verify(entry, public)
+    with pytest.raises(signing.SignatureError):
+        signing.verify(entry, signing.new_key_pair()[0])
+    with pytest.raises(ValueError, match="32 bytes in base64"):
+        signing.verify(entry, "not a key")
 
 
 def test_an_unreachable_hub_means_compiling_locally(tmp_path, monkeypatch, caplog):
@@ -269,7 +322,7 @@ def test_an_unreachable_hub_means_compiling_locally(tmp_path, monkeypatch, caplo
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     with caplog.at_level(logging.WARNING, logger="aoti.cache"):
-        assert aoti.ProgramCache(tmp_path, "me/flux-aoti").load(FINGERPRINT) is None
+        assert aoti.ProgramCache(tmp_path, "me/flux-aoti", hub_revision="0123abcd").load(FINGERPRINT) is None
     assert "could not pull" in caplog.text
 
 

@@ -143,6 +143,7 @@ def test_a_request_no_replica_answers_in_time_is_cancelled_with_the_setting_name
 
 def test_secrets_stay_out_of_the_job_the_replicas_get_their_settings_from():
     environ = {"HF_TOKEN": "hf_secret", "HUGGING_FACE_HUB_TOKEN": "hf_old", "HF_HOME": "/data/hf", "FLUX_MODEL": "m",
-               "AOTI_HUB_REPO": "o/programs", "AOTI_SIGNING_KEY": "k", "PATH": "/bin", "TORCHINDUCTOR_CACHE_DIR": "/c"}
+               "AOTI_HUB_REPO": "o/programs", "AOTI_HUB_SIGNING_KEY": "k", "AOTI_HUB_TOKEN": "hf_w", "PATH": "/bin",
+               "AOTI_HUB_PUBLIC_KEY": "p", "TORCHINDUCTOR_CACHE_DIR": "/c"}
     assert serve.replica_environment(environ) == {"HF_HOME": "/data/hf", "FLUX_MODEL": "m", "AOTI_HUB_REPO": "o/programs",
-                                                  "TORCHINDUCTOR_CACHE_DIR": "/c"}
+                                                  "AOTI_HUB_PUBLIC_KEY": "p", "TORCHINDUCTOR_CACHE_DIR": "/c"}
