@@ -118,21 +118,27 @@ def rejection(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
+def _shown(value: Any, limit: int = 40) -> str:
+    """`value` as a message quotes it, cut at `limit` characters: an error never echoes a huge input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool):  # float(True) is 1.0: a JSON true must not pass as one step
         raise rejection(f"{name} must be a number, got {value!r}.")
     try:
         return float(value)
-    except (TypeError, ValueError):
-        raise rejection(f"{name} must be a number, got {value!r}.") from None
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float (10**400)
+        raise rejection(f"{name} must be a number in range, got {_shown(value)}.") from None
 
 
 def _integer(name: str, value: Any, low: int, high: int) -> int:
     number = _number(name, value)
     if not number.is_integer():
-        raise rejection(f"{name} must be a whole number, got {value!r}.")
+        raise rejection(f"{name} must be a whole number, got {_shown(value)}.")
     if not low <= number <= high:
-        raise rejection(f"{name} must be between {low} and {high}, got {int(number)}.")
+        raise rejection(f"{name} must be between {low} and {high}, got {_shown(int(number))}.")
     return int(number)
 
 

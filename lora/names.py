@@ -84,8 +84,8 @@ def check_scale(value: Any) -> float:
         raise LoraError(f"must be a number, got {value!r}", field="lora_scale")
     try:
         scale = float(value)
-    except ValueError:
-        raise LoraError(f"must be a number, got {value!r}", field="lora_scale") from None
+    except (ValueError, OverflowError):  # OverflowError: an integer beyond any float (10**400)
+        raise LoraError(f"must be a number, got {str(value)[:40]!r}", field="lora_scale") from None
     if not (math.isfinite(scale) and low <= scale <= high):
         raise LoraError(f"must be between {low:g} and {high:g}, got {value!r}", field="lora_scale")
     return scale

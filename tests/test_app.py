@@ -95,6 +95,10 @@ BAD_REQUESTS = [
     (dict(lora=5), "lora: must be text"),
     (dict(lora="tiny-style", lora_scale=2.5), "lora_scale: must be between 0 and 2"),
     (dict(lora="tiny-style", lora_scale=True), "lora_scale: must be a number"),
+    (dict(seed=10**400), r"seed must be a number in range, got 1000000000.* \(401 characters\)"),  # beyond any float
+    (dict(width="9" * 500), r"width must be a whole number, got '9999.* \(502 characters\)"),  # not echoed whole
+    (dict(guidance=-(10**400)), "guidance_scale must be a number in range"),
+    (dict(lora="tiny-style", lora_scale=10**400), "lora_scale: must be a number"),
 ]
 
 
