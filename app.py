@@ -11,6 +11,7 @@ import os
 import random
 import threading
 import time
+import unicodedata
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,8 @@ def check_inputs(prompt, seed, randomize_seed, width, height, guidance_scale, nu
         raise rejection(f"prompt must be text, got {type(prompt).__name__}.")
     if not prompt.strip():
         raise rejection("Enter a prompt.")
+    if control := next((c for c in prompt if unicodedata.category(c) == "Cc" and c not in "\t\n\r"), None):
+        raise rejection(f"prompt must not contain control characters, got U+{ord(control):04X}.")
     if not isinstance(randomize_seed, bool):
         raise rejection(f"randomize_seed must be true or false, got {randomize_seed!r}.")
     guidance = _number("guidance_scale", guidance_scale)

@@ -24,6 +24,7 @@ _PART = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 _HUB_NAME = re.compile(rf"(?P<repo>{_PART}/{_PART})(?:@(?P<revision>{_PART}(?:/{_PART})*))?(?::(?P<file>{_PART}(?:/{_PART})*))?")
 # Longer than any Hub repo id (96 characters a part), revision and file path a LoRA needs: messages quote the name.
 MAX_NAME_CHARS = 300
+MAX_LOCAL_CHARS = 200  # a name in the LoRA folder, with ".safetensors" added: under the 255 bytes of a file name
 _LOCAL_NAME = re.compile(_PART)
 # Files that unpickle when loaded: named so the error says why rather than "not found".
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -102,6 +103,8 @@ def _hub(name: str) -> HubLora:
 
 
 def _local(name: str, lora_dir: Path) -> LocalLora:
+    if len(name) > MAX_LOCAL_CHARS:  # the file system would refuse the name itself (ENAMETOOLONG)
+        raise LoraError(f"{name[:60]!r}... is longer than a LoRA file's name can be ({MAX_LOCAL_CHARS} characters)")
     if not _LOCAL_NAME.fullmatch(name):
         raise LoraError(f"{name!r} is not a LoRA name (letters, digits, '.', '_' and '-')")
     if name.lower().endswith(_PICKLE_SUFFIXES) or ((lora_dir / name).is_file() and not name.endswith(WEIGHT_SUFFIX)):

@@ -71,6 +71,7 @@ BAD_REQUESTS = [
     (dict(prompt=""), "Enter a prompt"),
     (dict(prompt="   "), "Enter a prompt"),
     (dict(prompt=5), "prompt must be text"),
+    (dict(prompt="a cat\x00"), "prompt must not contain control characters, got U\\+0000"),
     (dict(width=500), "multiple of 32"),
     (dict(width=1040), "multiple of 32"),  # FLUX takes it; the compiled graph needs a multiple of 4 tokens
     (dict(height=4096), "between 256 and 2048"),
@@ -93,6 +94,8 @@ BAD_REQUESTS = [
     (dict(lora="tiny-style.ckpt"), "lora: only .safetensors files are loaded"),
     (dict(lora="no-such-lora"), "lora: no LoRA named 'no-such-lora'"),
     (dict(lora=5), "lora: must be text"),
+    (dict(lora="x" * 250), "lora: 'xxxx.*is longer than a LoRA file's name can be"),  # not the file system's error
+    (dict(lora="owner/" + "x" * 5000), "lora: 'owner/xxx.*is 5006 characters, longer than a LoRA name can be"),
     (dict(lora="tiny-style", lora_scale=2.5), "lora_scale: must be between 0 and 2"),
     (dict(lora="tiny-style", lora_scale=True), "lora_scale: must be a number"),
     (dict(seed=10**400), r"seed must be a number in range, got 1000000000.* \(401 characters\)"),  # beyond any float
