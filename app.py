@@ -295,6 +295,9 @@ def infer(
         RESERVATION.record(width, height, steps, lora, RESERVATION.clock() - started, timing=None)
         raise
     RESERVATION.record(width, height, steps, lora, RESERVATION.clock() - started, timing)
+    # One line per image for whoever runs the Space (the prompt stays out of the log).
+    log.info("served %dx%d, %d steps%s in %.1f s (%.2f s/step)", width, height, steps,
+             f", LoRA {lora} at {lora_scale:g}" if lora else "", RESERVATION.clock() - started, timing["seconds_per_step"])
     settings = settings_of(prompt, seed, width, height, guidance, steps, lora, lora_scale, warning)
     image.info.update(settings)  # Gradio keeps them in the PNG
     remember_timing(request, timing)

@@ -1,6 +1,7 @@
 """The app as a server: started in-process, called through gradio_client like any API user."""
 
 import dataclasses
+import logging
 import os
 import subprocess
 import sys
@@ -134,6 +135,13 @@ def test_generated_images_are_files_gradio_deletes_within_an_hour(app, client):
     assert any(f.is_file() and f.read_bytes() == path.read_bytes() for f in tracked)  # not written where cleanup misses
     every, older_than = app.demo.delete_cache
     assert every <= older_than <= 3600
+
+
+def test_a_served_request_is_one_log_line_without_the_prompt(app, caplog):
+    with caplog.at_level(logging.INFO, logger="app"):
+        app.infer("a secret prompt", 3, False, 256, 256, 3.5, 2, "tiny-detail", 0.5)
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("served ")]
+    assert line.startswith("served 256x256, 2 steps, LoRA tiny-detail at 0.5 in ") and "secret" not in caplog.text
 
 
 def test_a_rejected_request_is_one_log_line(app, client, caplog):
