@@ -126,11 +126,13 @@ def _shown(value: Any, limit: int = 40) -> str:
 
 
 def _number(name: str, value: Any) -> float:
-    if isinstance(value, bool):  # float(True) is 1.0: a JSON true must not pass as one step
-        raise rejection(f"{name} must be a number, got {value!r}.")
+    # As the API describes it (view_api, the MCP schema): a JSON number. Not true (float(True) is 1.0: one step), not
+    # text ("42"), which float() would take.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise rejection(f"{name} must be a number, got {_shown(value)}.")
     try:
         return float(value)
-    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer beyond any float (10**400)
+    except OverflowError:  # an integer beyond any float (10**400)
         raise rejection(f"{name} must be a number in range, got {_shown(value)}.") from None
 
 
@@ -296,8 +298,8 @@ def infer(
         raise
     RESERVATION.record(width, height, steps, lora, RESERVATION.clock() - started, timing)
     # One line per image for whoever runs the Space (the prompt stays out of the log).
-    log.info("served %dx%d, %d steps%s in %.1f s (%.2f s/step)", width, height, steps,
-             f", LoRA {lora} at {lora_scale:g}" if lora else "", RESERVATION.clock() - started, timing["seconds_per_step"])
+    log.info("served %dx%d, %d steps%s in %.1f s", width, height, steps, f", LoRA {lora} at {lora_scale:g}" if lora else "",
+             RESERVATION.clock() - started)
     settings = settings_of(prompt, seed, width, height, guidance, steps, lora, lora_scale, warning)
     image.info.update(settings)  # Gradio keeps them in the PNG
     remember_timing(request, timing)

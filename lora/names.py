@@ -81,11 +81,11 @@ def resolve(name: Any, lora_dir: str | Path) -> LoraSource | None:
 def check_scale(value: Any) -> float:
     """`lora_scale` as a float in SCALE_RANGE, or LoraError naming the field."""
     low, high = SCALE_RANGE
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise LoraError(f"must be a number, got {value!r}", field="lora_scale")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):  # a JSON number, as the API describes it
+        raise LoraError(f"must be a number, got {str(value)[:40]!r}", field="lora_scale")
     try:
         scale = float(value)
-    except (ValueError, OverflowError):  # OverflowError: an integer beyond any float (10**400)
+    except OverflowError:  # an integer beyond any float (10**400)
         raise LoraError(f"must be a number, got {str(value)[:40]!r}", field="lora_scale") from None
     if not (math.isfinite(scale) and low <= scale <= high):
         raise LoraError(f"must be between {low:g} and {high:g}, got {value!r}", field="lora_scale")

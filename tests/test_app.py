@@ -100,7 +100,8 @@ BAD_REQUESTS = [
     (dict(lora="tiny-style", lora_scale=2.5), "lora_scale: must be between 0 and 2"),
     (dict(lora="tiny-style", lora_scale=True), "lora_scale: must be a number"),
     (dict(seed=10**400), r"seed must be a number in range, got 1000000000.* \(401 characters\)"),  # beyond any float
-    (dict(width="9" * 500), r"width must be a whole number, got '9999.* \(502 characters\)"),  # not echoed whole
+    (dict(width="9" * 500), r"width must be a number, got '9999.* \(502 characters\)"),  # text; not echoed whole
+    (dict(seed="42"), "seed must be a number, got '42'"),  # the API says integer: text is refused, not parsed
     (dict(guidance=-(10**400)), "guidance_scale must be a number in range"),
     (dict(lora="tiny-style", lora_scale=10**400), "lora_scale: must be a number"),
 ]
@@ -297,10 +298,10 @@ def test_requests_are_checked_before_the_gpu_function_and_reach_it_typed(app, mo
         with pytest.raises(app.gr.Error, match=message):
             app.infer(**{**request, **{names.get(k, k): v for k, v in change.items()}})
     assert calls == []
-    assert app.infer(**{**request, "seed": 5.0, "width": "512", "num_inference_steps": 2.0})[1] == 5
+    assert app.infer(**{**request, "seed": 5.0, "width": 512.0, "num_inference_steps": 2.0})[1] == 5  # JSON 5.0
     assert calls == [("a red bicycle", 5, 512, 256, 3.5, 2, "", 1.0)]
     assert [type(v) for v in calls[0]] == [str, int, int, int, float, int, str, float]
-    app.infer(**request, lora=" tiny-style ", lora_scale="0.5")
+    app.infer(**request, lora=" tiny-style ", lora_scale=0.5)
     assert calls[-1][-2:] == ("tiny-style", 0.5)
 
 
