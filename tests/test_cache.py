@@ -125,6 +125,12 @@ def a_group_outside_the_entry(entry):
     (entry / ENTRY_FILE).write_text(json.dumps(manifest))
 
 
+def weight_names_that_are_not_names(entry):
+    manifest = json.loads((entry / "transformer-0" / "manifest.json").read_text())
+    manifest["weight_names"] = [1, 2]
+    (entry / "transformer-0" / "manifest.json").write_text(json.dumps(manifest))
+
+
 def a_file_in_its_place(entry):
     shutil.rmtree(entry)
     entry.write_text("not an entry")
@@ -148,7 +154,8 @@ def executable_stack(entry):
 
 
 DAMAGES = [flip_package_byte, truncate_package, swap_fingerprint, break_entry_json, drop_a_program, executable_stack,
-           no_programs, a_count_that_is_text, a_group_outside_the_entry, a_file_in_its_place]
+           no_programs, a_count_that_is_text, a_group_outside_the_entry, weight_names_that_are_not_names,
+           a_file_in_its_place]
 
 
 @pytest.mark.parametrize("damage", DAMAGES)
