@@ -8,6 +8,7 @@ field's variable is named next to it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -122,9 +123,11 @@ class OptimizationConfig:
 
     def __post_init__(self) -> None:
         if self.fp8_granularity not in FP8_GRANULARITY:
-            raise ValueError(f"fp8_granularity must be one of {FP8_GRANULARITY}, got {self.fp8_granularity!r}")
+            raise ValueError(f"AOTI_FP8_GRANULARITY must be one of {', '.join(FP8_GRANULARITY)}, got {self.fp8_granularity!r}")
         if self.fp8_attention not in FP8_ATTENTION:
-            raise ValueError(f"fp8_attention must be one of {FP8_ATTENTION}, got {self.fp8_attention!r}")
+            raise ValueError(f"AOTI_FP8_ATTENTION must be one of {', '.join(FP8_ATTENTION)}, got {self.fp8_attention!r}")
+        if self.persistent_reductions_up_to < 1:
+            raise ValueError(f"AOTI_PERSISTENT_REDUCTIONS_UP_TO must be at least 1, got {self.persistent_reductions_up_to}")
         self.static_resolutions  # validates
 
     @property
@@ -144,10 +147,11 @@ class OptimizationConfig:
             try:
                 width, height = map(int, item.lower().split("x"))
             except ValueError:
-                raise ValueError(f"static size {item!r} is not WIDTHxHEIGHT") from None
+                raise ValueError(f"AOTI_STATIC_SIZES: {item!r} is not WIDTHxHEIGHT") from None
             for side in (width, height):
                 if not MIN_SIZE <= side <= MAX_SIZE or side % SIZE_STEP:
-                    raise ValueError(f"static size {item!r}: sides must be multiples of {SIZE_STEP} in {MIN_SIZE}..{MAX_SIZE}")
+                    raise ValueError(f"AOTI_STATIC_SIZES: {item!r}: sides must be multiples of {SIZE_STEP} in "
+                                     f"{MIN_SIZE}..{MAX_SIZE}")
             sizes.append((width, height))
         return tuple(sizes)
 
@@ -171,6 +175,8 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if not 1 <= self.min_replicas <= self.max_replicas:
             raise ValueError(f"need 1 <= SERVE_MIN_REPLICAS <= SERVE_MAX_REPLICAS, got {self.min_replicas}, {self.max_replicas}")
+        if not self.target_ongoing_requests > 0:
+            raise ValueError(f"SERVE_TARGET_ONGOING_REQUESTS must be positive, got {self.target_ongoing_requests}")
         if not self.request_timeout_s > 0:
             raise ValueError(f"SERVE_REQUEST_TIMEOUT_S must be positive, got {self.request_timeout_s}")
 
@@ -283,6 +289,9 @@ def _parse(name: str, text: str, kind: type) -> Any:
             return False
         raise ValueError(f"{name}={text!r}: expected 1/0, true/false, yes/no or on/off")
     try:
-        return kind(text)
+        value = kind(text)
     except ValueError:
         raise ValueError(f"{name}={text!r}: expected {kind.__name__}") from None
+    if kind is float and not math.isfinite(value):  # "inf" and "nan" parse, and then overflow or compare false
+        raise ValueError(f"{name}={text!r}: expected a finite number")
+    return value

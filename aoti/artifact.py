@@ -71,10 +71,12 @@ def load(folder: str | os.PathLike) -> CompiledProgram:
         weight_names = tuple(manifest["weight_names"])
     except (KeyError, TypeError, ValueError) as error:
         raise ArtifactError(f"{folder / MANIFEST_FILE} is malformed: {error}") from error
-    return CompiledProgram(
-        package, signature, weight_names, float(manifest.get("compile_seconds", 0.0)),
-        bool(manifest.get("weights_as_inputs", False)),
-    )
+    # The checksum covers the package, not the manifest: a wrong type here would surface only when the program is bound.
+    seconds, as_inputs = manifest.get("compile_seconds", 0.0), manifest.get("weights_as_inputs", False)
+    if not (all(isinstance(name, str) for name in weight_names) and isinstance(seconds, (int, float))
+            and isinstance(as_inputs, bool)):
+        raise ArtifactError(f"{folder / MANIFEST_FILE} is malformed: a field of the wrong type")
+    return CompiledProgram(package, signature, weight_names, float(seconds), as_inputs)
 
 
 def _write_atomic(path: Path, data: bytes) -> None:

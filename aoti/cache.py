@@ -37,18 +37,19 @@ ENTRY_FILE = "entry.json"
 
 def environment(device: str) -> dict[str, Any]:
     """The parts of a fingerprint that describe this machine's compiler target."""
-    env: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version()}
+    # Inductor builds its C++ (a GPU program's host wrapper, a CPU program's kernels) with -march=native: on a CPU
+    # without those instructions (another machine sharing the cache folder or the Hub repo) it would crash, not fail
+    # to load.
+    env: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
+                           "machine": platform.machine(), "host_cpu": host_cpu()}
     if device.startswith("cuda"):
         env.update(cuda=torch.version.cuda, gpu=torch.cuda.get_device_name(), capability=list(torch.cuda.get_device_capability()))
-        # The host wrapper is C++ built with -march=native (inductor's default): on a CPU without those
-        # instructions (another machine sharing the cache folder or the Hub repo) it would crash, not fail to load.
-        env.update(machine=platform.machine(), host_cpu=host_cpu())
     else:
         from torch._inductor.cpu_vec_isa import pick_vec_isa  # compiled CPU code targets this ISA
 
         log.info("finding the CPU's vector instruction set: inductor builds and loads a test program for each "
                  "(~10 s with an empty inductor cache, a few seconds after)")
-        env.update(machine=platform.machine(), cpu_isa=str(pick_vec_isa()))
+        env.update(cpu_isa=str(pick_vec_isa()))
     return env
 
 
@@ -80,6 +81,18 @@ def _try_lock(file) -> bool:
         return True
     except BlockingIOError:
         return False
+
+
+def _remove(entry: Path) -> None:
+    """Remove whatever stands at an entry's name (a folder, a file, a link, never followed); where the folder is
+    read-only it stays, and is rejected again at the next start."""
+    try:
+        if entry.is_symlink() or not entry.is_dir():
+            entry.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(entry)
+    except OSError as error:
+        log.warning("could not remove %s (%s: %s)", entry, type(error).__name__, error)
 
 
 def key_of(fingerprint: Mapping[str, Any]) -> str:
@@ -120,22 +133,30 @@ class ProgramCache:
         """The programs stored for this fingerprint, by group, or None (with one log line saying why)."""
         key = key_of(fingerprint)
         entry = self.folder / key
-        if not entry.exists() and self.hub_repo:
-            self._pull(key)
-        if not entry.exists():
+        try:
+            if not entry.exists() and self.hub_repo:
+                self._pull(key)
+            found = entry.exists()
+        except OSError as error:  # a folder this process may not search
+            log.warning("cannot read the program cache in %s (%s: %s): compiling without it", self.folder,
+                        type(error).__name__, error)
+            return None
+        if not found:
             log.info("no compiled program cached for this setup in %s%s; compiling", self.folder, self._nearest(fingerprint))
             return None
         try:
             manifest = json.loads((entry / ENTRY_FILE).read_text())
             if manifest.get("fingerprint") != _as_stored(fingerprint):
                 raise artifact.ArtifactError("its fingerprint does not match its key")
-            return {
-                group: [artifact.load(entry / f"{group}-{i}") for i in range(int(count))]
-                for group, count in manifest["programs"].items()
-            }
+            counts = manifest["programs"]
+            # Checked before use: a group name is a path, and an empty list would only fail when the programs are applied.
+            if not (isinstance(counts, dict) and counts and all(
+                    group.isidentifier() and type(count) is int and count > 0 for group, count in counts.items())):
+                raise artifact.ArtifactError("its program list is not group names with counts")
+            return {group: [artifact.load(entry / f"{group}-{i}") for i in range(count)] for group, count in counts.items()}
         except (artifact.ArtifactError, OSError, ValueError, KeyError, TypeError, AttributeError) as error:
             log.warning("rejected the cached program %s (%s); removing it and compiling again", entry, error)
-            shutil.rmtree(entry, ignore_errors=True)
+            _remove(entry)
             return None
 
     def build_once(
@@ -156,7 +177,7 @@ class ProgramCache:
             if usable:
                 try:
                     self.store(fingerprint, programs)
-                except OSError as error:
+                except (OSError, ValueError) as error:  # ValueError: an AOTI_HUB_SIGNING_KEY that is no key
                     log.warning("could not store the compiled program in %s (%s: %s): serving it from memory; the next "
                                 "start compiles again", self.folder, type(error).__name__, error)
         return programs, False
@@ -222,7 +243,9 @@ class ProgramCache:
         for path in self.folder.glob(f"*/{ENTRY_FILE}"):
             try:
                 cached = json.loads(path.read_text())["fingerprint"]
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if not isinstance(cached, dict):  # a damaged entry: load removes it when its own key is asked for
                 continue
             differ = sorted(_differences(cached, current))
             if best is None or len(differ) < len(best):

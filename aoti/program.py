@@ -7,9 +7,11 @@ or passed in at every call (`weights_as_inputs`, one program for many modules).
 
 from __future__ import annotations
 
+import logging
 import multiprocessing.util
 import os
 import shutil
+import stat
 import tempfile
 import threading
 from collections.abc import Mapping
@@ -22,6 +24,8 @@ import torch.utils._pytree as pytree
 
 from .signature import Signature
 from .toolchain import check_package
+
+log = logging.getLogger(__name__)
 
 # The C++ loader extracts each package into a fresh `aotinductor_*` folder under $TMPDIR and removes
 # it only in its destructor, which never runs in a ZeroGPU worker (killed, or ended by os._exit).
@@ -103,11 +107,32 @@ def process_folder() -> Path:
     base = Path(os.environ.get("TMPDIR") or tempfile.gettempdir())
     remove_dead_process_folders(base)
     key = (os.getpid(), base)
-    if key not in _folders or not _folders[key].is_dir():
+    if key in _folders and not _own(_folders[key]):
+        # Gone (a temp dir cleaner), or something else now at its name: a link, or a folder another user made
+        # there after it went. Either is refused, not followed: a fresh folder is made.
+        if _folders[key].is_symlink() or _folders[key].exists():
+            log.warning("not extracting into %s: no longer this process's own folder (a link, or another user's)",
+                        _folders[key])
+        del _folders[key]
+    if key not in _folders:
         _folders[key] = Path(tempfile.mkdtemp(prefix=f"{PROCESS_FOLDER_PREFIX}{os.getpid()}-", dir=base))
         # Last of the exit steps (multiprocessing's own are at -5 and above): no runner is used after.
-        multiprocessing.util.Finalize(None, shutil.rmtree, (_folders[key],), {"ignore_errors": True}, exitpriority=-100)
+        multiprocessing.util.Finalize(None, _remove_own, (_folders[key],), exitpriority=-100)
     return _folders[key]
+
+
+def _own(folder: Path) -> bool:
+    """Whether `folder` is a real folder (not a link) of this user, that only this user can enter."""
+    try:
+        info = folder.lstat()
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid() and not info.st_mode & 0o077
+
+
+def _remove_own(folder: Path) -> None:
+    if _own(folder):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def remove_dead_process_folders(base: Path) -> None:

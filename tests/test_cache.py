@@ -104,6 +104,38 @@ def drop_a_program(entry):
     shutil.rmtree(entry / "transformer-0")
 
 
+def no_programs(entry):
+    """An entry that lists no programs: served, it would fail only when the programs are applied."""
+    manifest = json.loads((entry / ENTRY_FILE).read_text())
+    manifest["programs"] = {}
+    (entry / ENTRY_FILE).write_text(json.dumps(manifest))
+
+
+def a_count_that_is_text(entry):
+    manifest = json.loads((entry / ENTRY_FILE).read_text())
+    manifest["programs"] = {"transformer": "1"}
+    (entry / ENTRY_FILE).write_text(json.dumps(manifest))
+
+
+def a_group_outside_the_entry(entry):
+    """A group name is part of a path: `../x` would load a program from beside the entry."""
+    shutil.copytree(entry / "transformer-0", entry.parent / "x-0")
+    manifest = json.loads((entry / ENTRY_FILE).read_text())
+    manifest["programs"] = {"../x": 1}
+    (entry / ENTRY_FILE).write_text(json.dumps(manifest))
+
+
+def weight_names_that_are_not_names(entry):
+    manifest = json.loads((entry / "transformer-0" / "manifest.json").read_text())
+    manifest["weight_names"] = [1, 2]
+    (entry / "transformer-0" / "manifest.json").write_text(json.dumps(manifest))
+
+
+def a_file_in_its_place(entry):
+    shutil.rmtree(entry)
+    entry.write_text("not an entry")
+
+
 def executable_stack(entry):
     """An intact entry made before compiling cleared the executable-stack flag: newer glibc refuses to load it."""
     program = entry / "transformer-0"
@@ -121,9 +153,12 @@ def executable_stack(entry):
     (program / "manifest.json").write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize(
-    "damage", [flip_package_byte, truncate_package, swap_fingerprint, break_entry_json, drop_a_program, executable_stack]
-)
+DAMAGES = [flip_package_byte, truncate_package, swap_fingerprint, break_entry_json, drop_a_program, executable_stack,
+           no_programs, a_count_that_is_text, a_group_outside_the_entry, weight_names_that_are_not_names,
+           a_file_in_its_place]
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
 def test_a_damaged_entry_is_rejected_removed_and_replaceable(compiled_program, tmp_path, caplog, damage):
     cache = aoti.ProgramCache(tmp_path)
     entry = cache.store(FINGERPRINT, {"transformer": [compiled_program]})
@@ -133,6 +168,64 @@ def test_a_damaged_entry_is_rejected_removed_and_replaceable(compiled_program, t
     assert "rejected the cached program" in caplog.text and not entry.exists()
     cache.store(FINGERPRINT, {"transformer": [compiled_program]})
     assert cache.load(FINGERPRINT) == {"transformer": [compiled_program]}
+
+
+def test_a_start_after_a_damaged_entry_serves_what_it_builds_and_stores_it(compiled_program, tmp_path, caplog):
+    """What optimization.load_or_build does at every start: a malformed entry costs one compile, not the start."""
+    cache = aoti.ProgramCache(tmp_path)
+    no_programs(cache.store(FINGERPRINT, {"transformer": [compiled_program]}))
+    with caplog.at_level(logging.WARNING, logger="aoti.cache"):
+        assert cache.load(FINGERPRINT) is None
+        programs, shared = cache.build_once(FINGERPRINT, lambda: {"transformer": [compiled_program]})
+    assert programs == {"transformer": [compiled_program]} and not shared
+    assert "rejected the cached program" in caplog.text
+    assert aoti.ProgramCache(tmp_path).load(FINGERPRINT) == {"transformer": [compiled_program]}  # the next start loads
+
+
+@pytest.mark.parametrize("manifest", [[], {"fingerprint": 3}, {"fingerprint": ["gpu"]}])
+def test_a_malformed_entry_of_another_setup_does_not_break_a_miss(compiled_program, tmp_path, caplog, manifest):
+    """A miss compares the fingerprint with every cached one to say why it missed: a malformed one is skipped."""
+    cache = aoti.ProgramCache(tmp_path)
+    cache.store({**FINGERPRINT, "gpu": "NVIDIA H200"}, {"transformer": [compiled_program]})
+    (tmp_path / "0123456789abcdef0123").mkdir()
+    (tmp_path / "0123456789abcdef0123" / ENTRY_FILE).write_text(json.dumps(manifest))
+    with caplog.at_level(logging.INFO, logger="aoti.cache"):
+        assert cache.load(FINGERPRINT) is None
+    assert "differs in: gpu" in caplog.text
+
+
+def test_an_unreadable_cache_folder_is_a_warning_and_the_programs_are_served(compiled_program, tmp_path, caplog,
+                                                                            monkeypatch):
+    """A folder this process may not search (mode 000, another user's): looking an entry up fails with EACCES."""
+    import errno
+    import pathlib
+
+    from aoti import cache as cache_module
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    if os.geteuid() == 0:  # root searches any folder: the error is raised where the OS would raise it
+        stat = pathlib.Path.stat
+
+        def no_search(path, *args, **kwargs):
+            if path.parent == folder:
+                raise PermissionError(errno.EACCES, "Permission denied", str(path))
+            return stat(path, *args, **kwargs)
+
+        monkeypatch.setattr(pathlib.Path, "stat", no_search)
+        monkeypatch.setattr(cache_module, "open", lambda *a, **k: (_ for _ in ()).throw(PermissionError(errno.EACCES, "no")),
+                            raising=False)  # the lock file
+    else:
+        folder.chmod(0)
+    try:
+        cache = aoti.ProgramCache(folder)
+        with caplog.at_level(logging.WARNING, logger="aoti.cache"):
+            assert cache.load(FINGERPRINT) is None
+            programs, shared = cache.build_once(FINGERPRINT, lambda: {"transformer": [compiled_program]})
+    finally:
+        folder.chmod(0o700)
+    assert programs == {"transformer": [compiled_program]} and not shared
+    assert "compiling without it" in caplog.text
 
 
 def store_in_child(folder, program):
@@ -164,7 +257,7 @@ def load_or_build_in_child(folder, program, builds, results):
     results.put((programs == {"transformer": [program]}, cached))
 
 
-@pytest.mark.parametrize("failure", ["full disk", "unwritable folder", "no locks"])
+@pytest.mark.parametrize("failure", ["full disk", "read-only folder", "unwritable folder", "no locks", "bad signing key"])
 def test_a_cache_that_cannot_be_written_is_a_warning_and_the_programs_are_served(compiled_program, tmp_path, caplog,
                                                                                  monkeypatch, failure):
     """The cache is optional: a full disk, a folder the app may not write (tests run as root, where chmod blocks
@@ -177,6 +270,15 @@ def test_a_cache_that_cannot_be_written_is_a_warning_and_the_programs_are_served
     cache = aoti.ProgramCache(tmp_path / "cache")
     if failure == "full disk":
         monkeypatch.setattr(artifact, "save", lambda *a, **k: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+    elif failure == "read-only folder":  # made writable by an earlier start, which left its lock file
+        (tmp_path / "cache").mkdir()
+        (tmp_path / "cache" / f".{key_of(FINGERPRINT)}.lock").touch()
+        (tmp_path / "cache").chmod(0o555)
+        if os.geteuid() == 0:
+            monkeypatch.setattr(cache_module.tempfile, "mkdtemp",
+                                lambda *a, **k: (_ for _ in ()).throw(PermissionError(errno.EACCES, "Permission denied")))
+    elif failure == "bad signing key":  # AOTI_HUB_SIGNING_KEY set to something that is no key
+        cache = aoti.ProgramCache(tmp_path / "cache", signing_key="not a key")
     elif failure == "unwritable folder":
         cache = aoti.ProgramCache(tmp_path / "file" / "cache")
         (tmp_path / "file").write_text("a file where the folder's parent should be")  # mkdir: NotADirectoryError
@@ -187,29 +289,59 @@ def test_a_cache_that_cannot_be_written_is_a_warning_and_the_programs_are_served
         monkeypatch.setattr(cache_module.fcntl, "flock", no_locks)
     with caplog.at_level(logging.WARNING, logger="aoti.cache"):
         programs, shared = cache.build_once(FINGERPRINT, lambda: {"transformer": [compiled_program]})
+    if failure == "read-only folder":
+        (tmp_path / "cache").chmod(0o755)
     assert programs == {"transformer": [compiled_program]} and not shared
     assert "compiling without it" in caplog.text or "serving it from memory" in caplog.text, caplog.text
-    if failure == "full disk":
+    if failure in ("full disk", "read-only folder", "bad signing key"):
         assert [p.name for p in (tmp_path / "cache").iterdir()] == [f".{key_of(FINGERPRINT)}.lock"]  # no half entry
 
 
-def test_the_key_changes_with_the_compiled_code_and_the_host_cpu(monkeypatch, tmp_path):
+def test_a_change_of_the_compiled_code_or_the_host_cpu_misses_naming_it(compiled_program, tmp_path, monkeypatch,
+                                                                        caplog):
+    """A program compiled by other code, or for a CPU with other instructions (inductor's C++ is built with
+    -march=native), is compiled again, and the miss says which."""
+    import torch
+
     import compile_options
+    import optimization
     from aoti import cache as cache_module
+    from conftest import load_transformer, tiny_config
+    from plan import Plan
 
     root = tmp_path / "project"
     (root / "aoti").mkdir(parents=True)
     (root / "aoti" / "stage.py").write_text("x = 1\n")
     (root / "vae.py").write_text("y = 2\n")
-    before = cache_module.source_digest(root, ["aoti", "vae.py"])
+    cpu = "fpu sse2 avx2"
+    monkeypatch.setattr(cache_module.Path, "read_text", lambda self, *args, read=cache_module.Path.read_text, **kwargs:
+                        f"flags\t\t: {cpu}" if str(self) == "/proc/cpuinfo" else read(self, *args, **kwargs))
+
+    def fingerprint():
+        return {**FINGERPRINT, "code": cache_module.source_digest(root, ["aoti", "vae.py"]), **cache_module.environment("cpu")}
+
+    cache = aoti.ProgramCache(tmp_path / "cache")
+    cache.store(fingerprint(), {"transformer": [compiled_program]})
+    assert cache.load(fingerprint()) == {"transformer": [compiled_program]}
     (root / "aoti" / "stage.py").write_text("x = 2\n")
-    assert cache_module.source_digest(root, ["aoti", "vae.py"]) != before
-    assert len(compile_options.code_version()) == 16 and all((ROOT / path).exists() for path in compile_options.COMPILED_CODE)
-    flags = "flags\t\t: fpu sse2 avx2"
-    monkeypatch.setattr(cache_module.Path, "read_text", lambda self: flags if str(self) == "/proc/cpuinfo" else "")
-    avx2 = cache_module.host_cpu()
-    flags = "flags\t\t: fpu sse2 avx2 avx512f"
-    assert cache_module.host_cpu() != avx2
+    with caplog.at_level(logging.INFO, logger="aoti.cache"):
+        assert cache.load(fingerprint()) is None
+    assert "differs in: code)" in caplog.text
+    (root / "aoti" / "stage.py").write_text("x = 1\n")
+    cpu += " avx512f"
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="aoti.cache"):
+        assert cache.load(fingerprint()) is None
+    assert "differs in: host_cpu)" in caplog.text
+    # GPU builds record it too: there it is the host wrapper that is built for this CPU.
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda: (9, 0))
+    assert cache_module.environment("cuda")["host_cpu"] == cache_module.host_cpu()
+    # And the real keys hold both: the project's compiled code (each path there) and the environment.
+    assert all((ROOT / path).exists() for path in compile_options.COMPILED_CODE)
+    config = tiny_config()
+    key = optimization.fingerprint(load_transformer(), config, {}, Plan.assumed(config, None))
+    assert key["code"] == compile_options.code_version() and key["host_cpu"] == cache_module.host_cpu()
 
 
 def test_processes_that_miss_together_compile_once(compiled_program, tmp_path):

@@ -235,3 +235,31 @@ def test_the_extraction_folder_is_a_fresh_private_one_not_a_guessable_name(tmp_p
     assert folder.parent == tmp_path and folder.name.startswith(f"{PROCESS_FOLDER_PREFIX}{os.getpid()}-")
     assert not folder.is_symlink() and folder.stat().st_mode & 0o777 == 0o700
     assert program.process_folder() == folder  # one per process and base
+
+
+def test_a_folder_replaced_by_a_link_or_another_users_is_refused(tmp_path, monkeypatch, caplog):
+    """This process's folder, once gone, may be made again at its name by someone else: it is then never used (nor
+    removed at exit), a fresh one is."""
+    import logging
+
+    from aoti import program
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    folder = program.process_folder()
+    folder.rmdir()
+    folder.symlink_to(theirs)
+    with caplog.at_level(logging.WARNING, logger="aoti.program"):
+        fresh = program.process_folder()
+    assert "not extracting into" in caplog.text
+    assert fresh != folder and fresh.parent == tmp_path and not fresh.is_symlink() and fresh.stat().st_mode & 0o777 == 0o700
+    program._remove_own(folder)  # what the exit does with the old name: the link's target stays
+    assert theirs.is_dir() and folder.is_symlink()
+    fresh.chmod(0o777)  # anyone could put a library there
+    writable = fresh
+    fresh = program.process_folder()
+    assert fresh not in (folder, writable) and fresh.parent == tmp_path
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "getuid", lambda uid=fresh.stat().st_uid: uid + 1)  # as if another user had made it
+        assert program.process_folder() not in (folder, writable, fresh)
