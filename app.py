@@ -318,9 +318,10 @@ def _session(request: gr.Request | None) -> str:
 
 
 def remember_timing(request: gr.Request | None, timing: dict) -> None:
+    session = _session(request)
     with _timings_lock:
-        TIMINGS[_session(request)] = timing
-        TIMINGS.move_to_end(_session(request))
+        TIMINGS[session] = timing
+        TIMINGS.move_to_end(session)
         while len(TIMINGS) > MAX_SESSIONS:
             TIMINGS.popitem(last=False)
 

@@ -342,6 +342,6 @@ class LoraLibrary:
             self.reads += 1
             self._read[source] = lora
             self._read.move_to_end(source)
-            while len(self._read) > 1 and sum(lora.nbytes for lora in self._read.values()) > self.max_bytes:
+            while len(self._read) > 1 and sum(kept.nbytes for kept in self._read.values()) > self.max_bytes:
                 self._read.popitem(last=False)
         return lora
